@@ -1,0 +1,15 @@
+"""autogemm: a code-generating GEMM autotuner.
+
+Example:
+    >>> import numpy as np, autogemm
+    >>> a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+    >>> autogemm.matmul(a, b)[0, 0]
+    np.float32(4.0)
+"""
+
+__version__ = "0.1.0"
+
+from .api import export, load, matmul  # noqa: E402
+from .params import InvalidParams, KernelParams  # noqa: E402
+
+__all__ = ["matmul", "load", "export", "KernelParams", "InvalidParams", "__version__"]

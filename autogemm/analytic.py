@@ -1,0 +1,72 @@
+"""The untuned default: block sizes from the machine's caches, after Low et al. 2016,
+"Analytical modeling is enough for high-performance BLIS" (ACM TOMS 43(2))."""
+
+from __future__ import annotations
+
+import math
+
+from .machine import Machine
+from .params import KU_CHOICES, REGISTER_BUDGET, KernelParams, itemsize, registers_needed, vector_widths
+
+#: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
+#: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
+FMA_LATENCY, FMA_PIPES, LOAD_PORTS = 4, 2, 2
+
+
+def register_budget(machine: Machine, isa: str) -> int:
+    if isa == "portable" and machine.arch in ("x86_64", "AMD64", "i686") and "avx512f" not in machine.features:
+        return 16
+    return REGISTER_BUDGET[isa]
+
+
+def portable_vector_width(machine: Machine, dtype: str) -> int:
+    """Widest vector the compiler will lower the portable template to on this CPU."""
+    bytes_ = 64 if "avx512f" in machine.features else 32 if "avx" in machine.features else 16
+    return bytes_ // itemsize(dtype)
+
+
+def register_tile(budget: int, vw: int) -> tuple[int, int]:
+    """MR x NR: enough independent accumulators to cover FMA latency x pipes, loads no slower than
+    FMAs, then the most accumulators the register file holds, then the most flops per load."""
+    best, best_key = (1, vw), None
+    for nv in range(1, 9):
+        for mr in range(1, 33):
+            if registers_needed(mr, nv * vw, vw) > budget:
+                break
+            accumulators = mr * nv
+            if accumulators < FMA_LATENCY * FMA_PIPES:
+                continue
+            if (mr + nv) / LOAD_PORTS > accumulators / FMA_PIPES:
+                continue
+            key = (accumulators, accumulators / (mr + nv))
+            if best_key is None or key > best_key:
+                best, best_key = (mr, nv * vw), key
+    return best
+
+
+def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str) -> tuple[int, int, int]:
+    """KC so an A micro-panel streams through L1 beside the resident B micro-panel; MC so the
+    packed A block fills most of L2; NC so the packed B panel fits in a share of L3."""
+    size = itemsize(dtype)
+    l1, l2, l3 = machine.caches[1], machine.caches[2], machine.caches[3]
+    ways_a = max(1, math.floor((l1.ways - 1) / (1 + nr / mr)))
+    kc = ways_a * l1.sets * l1.line // (mr * size)
+    kc = max(64, min(1024, kc // 16 * 16))
+    ways_a2 = max(1, l2.ways - 2)
+    mc = ways_a2 * l2.sets * l2.line // (kc * size)
+    mc = max(mr, min(4096, mc) // mr * mr)
+    share_l3 = l3.size // 2
+    nc = share_l3 // (kc * size)
+    nc = max(nr, min(8192, nc) // nr * nr)
+    return mc, kc, nc
+
+
+def default_params(machine: Machine, dtype: str = "float32", isa: str | None = None) -> KernelParams:
+    """The analytic default kernel for `machine`, on its best ISA unless `isa` is given."""
+    isa = isa or machine.best_isa
+    vw = portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype))
+    mr, nr = register_tile(register_budget(machine, isa), vw)
+    mc, kc, nc = cache_blocks(machine, mr, nr, dtype)
+    ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
+    return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
+                        parallel="ic", prefetch=0)

@@ -1,0 +1,167 @@
+"""A compiled GEMM kernel loaded with cffi, callable with numpy's matmul semantics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from .machine import Machine, available_cores
+from .params import DTYPES, KernelParams
+
+_CDEF = """
+int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
+    const {t} *a, ptrdiff_t rsa, ptrdiff_t csa, const {t} *b, ptrdiff_t rsb, ptrdiff_t csb,
+    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, int nthreads);
+int autogemm_{p}gemm_bench(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const {t} *a, const {t} *b,
+    {t} *c, int nthreads, int warmup, int reps, double *seconds);
+"""
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`threads`, else $AUTOGEMM_NUM_THREADS, else every core this process may use."""
+    if threads is None:
+        env = os.environ.get("AUTOGEMM_NUM_THREADS", "").strip()
+        if not env:
+            return available_cores()
+        try:
+            threads = int(env)
+        except ValueError:
+            raise ValueError(f"AUTOGEMM_NUM_THREADS must be a positive integer, got {env!r}") from None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+def _unsupported(dtype: np.dtype) -> TypeError:
+    return TypeError(f"autogemm supports {', '.join(DTYPES)}; got {dtype}")
+
+
+def _element_strides(x: np.ndarray) -> tuple[int, int] | None:
+    """Row and column strides in elements, or None if numpy's byte strides are not whole elements."""
+    rs, cs = x.strides
+    size = x.itemsize
+    if rs % size or cs % size:
+        return None
+    return rs // size, cs // size
+
+
+class Kernel:
+    """One compiled kernel. Call it like `numpy.matmul`; `gemm` is the BLAS-style operation."""
+
+    def __init__(self, params: KernelParams, machine: Machine, library: Path, source: str):
+        self.params = params
+        self.machine = machine
+        self.source = source
+        self.library = library
+        self.dtype = np.dtype(params.dtype)
+        self._ctype = "float" if params.dtype == "float32" else "double"
+        letter = "s" if params.dtype == "float32" else "d"
+        self._ffi = cffi.FFI()
+        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype))
+        self._lib = self._ffi.dlopen(str(library))
+        self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
+        self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
+
+    def __repr__(self) -> str:
+        return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
+
+    def _pointer(self, x: np.ndarray):
+        return self._ffi.cast(f"{self._ctype} *", x.__array_interface__["data"][0])
+
+    def _usable(self, x: np.ndarray) -> np.ndarray:
+        """`x` itself when the C code can read it in place, else a contiguous native copy."""
+        if x.dtype != self.dtype or not x.dtype.isnative or _element_strides(x) is None:
+            return np.ascontiguousarray(x, dtype=self.dtype.newbyteorder("="))
+        return x
+
+    def gemm(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, *, alpha: float = 1.0,
+             beta: float = 0.0, threads: int | None = None) -> np.ndarray:
+        """c := alpha * a @ b + beta * c on 2-D arrays of this kernel's dtype, in place.
+
+        Any strides work, transposed and negative ones included. With beta == 0, c is not read.
+        """
+        for name, x in (("a", a), ("b", b), ("c", c)):
+            if not isinstance(x, np.ndarray) or x.ndim != 2:
+                raise ValueError(f"gemm: {name} must be a 2-D numpy array")
+            if x.dtype.kind != "f" or x.dtype.itemsize != self.dtype.itemsize:
+                raise TypeError(f"gemm: this kernel is {self.dtype}; {name} is {x.dtype}")
+        (m, k), (k2, n) = a.shape, b.shape
+        if k != k2 or c.shape != (m, n):
+            raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {c.shape} do not match")
+        if not c.flags.writeable:
+            raise ValueError("gemm: output array is read-only")
+        nthreads = resolve_threads(threads)
+        a, b = self._usable(a), self._usable(b)
+        target = c
+        if (_element_strides(c) is None or not c.dtype.isnative or np.may_share_memory(c, a)
+                or np.may_share_memory(c, b)):
+            target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
+        rsa, csa = _element_strides(a)
+        rsb, csb = _element_strides(b)
+        rsc, csc = _element_strides(target)
+        status = self._strided(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, csb,
+                               beta, self._pointer(target), rsc, csc, nthreads)
+        if status != 0:
+            raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
+        if target is not c:
+            c[...] = target
+        return c
+
+    def __call__(self, a, b, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        """`numpy.matmul(a, b, out=out)` for this kernel's dtype, 1-D and stacked operands included."""
+        a, b = np.asarray(a), np.asarray(b)
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: Input operand does not have enough dimensions")
+        for x in (a, b):
+            if x.dtype not in (np.float32, np.float64):
+                raise _unsupported(x.dtype)
+        if np.result_type(a, b) != self.dtype:
+            raise TypeError(f"this kernel computes {self.dtype}; inputs are {a.dtype} and {b.dtype}")
+        a2 = (a[np.newaxis, :] if a.ndim == 1 else a).astype(self.dtype, copy=False)
+        b2 = (b[:, np.newaxis] if b.ndim == 1 else b).astype(self.dtype, copy=False)
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ValueError(
+                f"matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc signature "
+                f"(n?,k),(k,m?)->(n?,m?) (size {b2.shape[-2]} is different from {a2.shape[-1]})"
+            )
+        try:
+            batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch dimensions of {a.shape} and {b.shape} do not broadcast") from None
+        m, n = a2.shape[-2], b2.shape[-1]
+        shape = batch + ((m,) if a.ndim > 1 else ()) + ((n,) if b.ndim > 1 else ())
+        if out is None:
+            out = np.empty(shape, self.dtype)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError("out must be a numpy array")
+            if out.shape != shape:
+                raise ValueError(f"out has shape {out.shape}; matmul of {a.shape} and {b.shape} gives {shape}")
+            if out.dtype != self.dtype:
+                raise TypeError(f"out has dtype {out.dtype}; this matmul produces {self.dtype}")
+        out2 = out
+        if a.ndim == 1:
+            out2 = out2[..., np.newaxis, :] if b.ndim > 1 else out2[..., np.newaxis]
+        if b.ndim == 1:
+            out2 = out2[..., np.newaxis]
+        a_full = np.broadcast_to(a2, batch + a2.shape[-2:])
+        b_full = np.broadcast_to(b2, batch + b2.shape[-2:])
+        for index in np.ndindex(*batch):
+            self.gemm(a_full[index], b_full[index], out2[index], threads=threads)
+        return out
+
+    def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5) -> np.ndarray:
+        """Seconds of each of `reps` timed calls of a @ b, timed inside C after `warmup` calls."""
+        a = np.ascontiguousarray(a, self.dtype)
+        b = np.ascontiguousarray(b, self.dtype)
+        (m, k), (_, n) = a.shape, b.shape
+        c = np.empty((m, n), self.dtype)
+        seconds = np.zeros(reps, np.float64)
+        status = self._bench(m, n, k, self._pointer(a), self._pointer(b), self._pointer(c),
+                             resolve_threads(threads), warmup, reps, self._ffi.cast("double *", seconds.ctypes.data))
+        if status != 0:
+            raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
+        return seconds

@@ -1,0 +1,127 @@
+"""Kernel parameters: a frozen, validated value that is the only input to the C templates."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+ISAS = ("avx512", "avx2", "portable")
+PARALLEL_LOOPS = ("ic", "jr")
+KU_CHOICES = (1, 2, 4, 8)
+
+#: Vector registers each ISA's register file holds. The portable template targets whatever the
+#: compiler lowers it to; 32 matches AArch64 NEON/SVE and AVX-512, the widest common case.
+REGISTER_BUDGET = {"avx512": 32, "avx2": 16, "portable": 32}
+_VECTOR_BYTES = {"avx512": (64,), "avx2": (32,), "portable": (16, 32, 64)}
+
+_LIMITS = {  # inclusive ranges that keep the generated code and its stack tile reasonable
+    "mr": (1, 32),
+    "nr": (1, 128),
+    "mc": (1, 1 << 16),
+    "kc": (1, 1 << 14),
+    "nc": (1, 1 << 20),
+    "prefetch": (0, 64),
+}
+
+
+class InvalidParams(ValueError):
+    """A parameter is out of range or inconsistent with the others."""
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype(dtype).itemsize
+
+
+def vector_widths(isa: str, dtype: str) -> tuple[int, ...]:
+    """Lanes per vector register that `isa` offers for `dtype`."""
+    return tuple(b // itemsize(dtype) for b in _VECTOR_BYTES[isa])
+
+
+def registers_needed(mr: int, nr: int, vw: int) -> int:
+    """Accumulators (MR x NR/VW), one register per B vector, one A broadcast."""
+    nv = nr // vw
+    return mr * nv + nv + 1
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """One point of the template space. Construction validates; invalid values never reach C.
+
+    Example:
+        >>> p = KernelParams("float32", "avx2", mr=6, nr=16, vw=8, ku=4, mc=96, kc=256, nc=4096)
+        >>> p.name
+        'ag_sgemm_avx2_6x16_k4_mc96_kc256_nc4096_ic_pf0'
+    """
+
+    dtype: str
+    isa: str
+    mr: int
+    nr: int
+    vw: int
+    ku: int
+    mc: int
+    kc: int
+    nc: int
+    parallel: str = "ic"
+    prefetch: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InvalidParams(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.isa not in ISAS:
+            raise InvalidParams(f"isa must be one of {ISAS}, got {self.isa!r}")
+        if self.parallel not in PARALLEL_LOOPS:
+            raise InvalidParams(f"parallel must be one of {PARALLEL_LOOPS}, got {self.parallel!r}")
+        for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise InvalidParams(f"{field} must be an int, got {value!r}")
+            object.__setattr__(self, field, int(value))
+        for field, (low, high) in _LIMITS.items():
+            value = getattr(self, field)
+            if not low <= value <= high:
+                raise InvalidParams(f"{field}={value} is outside [{low}, {high}]")
+        widths = vector_widths(self.isa, self.dtype)
+        if self.vw not in widths:
+            raise InvalidParams(f"vw={self.vw} is not a {self.isa} vector width for {self.dtype}: {widths}")
+        if self.ku not in KU_CHOICES:
+            raise InvalidParams(f"ku must be one of {KU_CHOICES}, got {self.ku}")
+        if self.nr % self.vw:
+            raise InvalidParams(f"nr={self.nr} must be a multiple of the vector width {self.vw}")
+        if self.mc % self.mr:
+            raise InvalidParams(f"mc={self.mc} must be a multiple of mr={self.mr}")
+        if self.nc % self.nr:
+            raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
+        need, have = registers_needed(self.mr, self.nr, self.vw), REGISTER_BUDGET[self.isa]
+        if need > have:
+            raise InvalidParams(
+                f"a {self.mr}x{self.nr} tile needs {need} vector registers; {self.isa} has {have}"
+            )
+
+    @property
+    def name(self) -> str:
+        """Kernel name; also its cache key and the label in tuned files."""
+        letter = "s" if self.dtype == "float32" else "d"
+        vw = f"_v{self.vw}" if self.isa == "portable" else ""
+        return (
+            f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
+            f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "KernelParams":
+        """Builds from a mapping, rejecting unknown keys (a tuned file is untrusted input)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidParams(f"unknown parameter(s): {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> "KernelParams":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,70 @@
+"""Jinja templates -> C text. The only place that turns parameters into source."""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from . import __version__
+from .params import KernelParams, itemsize, vector_widths
+
+#: FMA chains in the peak microbenchmark: enough to hide latency x pipes on current cores,
+#: few enough to stay in registers with the two constant operands.
+PEAK_CHAINS = {"avx512": 24, "avx2": 12, "portable": 12}
+
+
+def templates_dir() -> Path:
+    """The templates: inside the installed package, or the checkout's top-level templates/."""
+    packaged = Path(str(resources.files("autogemm"))) / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _ctype(dtype: str) -> str:
+    return {"float32": "float", "float64": "double"}[dtype]
+
+
+def render_gemm(params: KernelParams, *, harness: bool = False) -> str:
+    """The complete translation unit for `params`; `harness` appends the timing entry point."""
+    if not isinstance(params, KernelParams):
+        raise TypeError("render_gemm takes a KernelParams")
+    return _environment().get_template("gemm.c.j2").render(
+        **params.to_dict(),
+        name=params.name,
+        ctype=_ctype(params.dtype),
+        elem_bytes=itemsize(params.dtype),
+        harness=harness,
+        version=__version__,
+    )
+
+
+def render_header(dtype: str, kernel_name: str) -> str:
+    return _environment().get_template("gemm.h.j2").render(
+        dtype=dtype, ctype=_ctype(dtype), name=kernel_name, version=__version__
+    )
+
+
+def render_peak(isa: str, dtype: str) -> str:
+    """Peak-FMA microbenchmark for one ISA and dtype, at that ISA's widest vector."""
+    return _environment().get_template("peak.c.j2").render(
+        isa=isa,
+        dtype=dtype,
+        ctype=_ctype(dtype),
+        vw=max(vector_widths(isa, dtype)),
+        chains=PEAK_CHAINS[isa],
+        version=__version__,
+    )

@@ -1,0 +1,149 @@
+"""The system C compiler: finding it, the flags it accepts, and building cached shared libraries."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+import platformdirs
+
+BASE_FLAGS = ("-O3", "-fPIC", "-shared")
+
+
+class CompilerNotFound(RuntimeError):
+    """No working C compiler."""
+
+
+class CompileError(RuntimeError):
+    """The compiler rejected a generated source; `source_path` keeps the source for inspection."""
+
+    def __init__(self, message: str, source_path: Path | None = None):
+        super().__init__(message)
+        self.source_path = source_path
+
+
+@dataclass(frozen=True)
+class Compiler:
+    command: tuple[str, ...]
+    family: str
+    version: str
+    banner: str
+
+    @functools.cached_property
+    def arch_flags(self) -> tuple[str, ...]:
+        """Tune for this CPU: -march=native, or -mcpu=native where the compiler wants that (Arm)."""
+        for flag in ("-march=native", "-mcpu=native"):
+            if _accepts(self.command, (flag,)):
+                return (flag,)
+        return ()
+
+    @functools.cached_property
+    def openmp_flags(self) -> tuple[str, ...]:
+        """-fopenmp if the compiler can build and link it, else () for a serial build."""
+        return ("-fopenmp",) if _accepts(self.command, ("-fopenmp",), "#include <omp.h>\n") else ()
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return BASE_FLAGS + self.arch_flags + self.openmp_flags
+
+    def describe(self) -> dict:
+        return {"command": " ".join(self.command), "family": self.family, "version": self.version,
+                "flags": " ".join(self.flags)}
+
+
+def _accepts(command: tuple[str, ...], flags: tuple[str, ...], prelude: str = "") -> bool:
+    with tempfile.TemporaryDirectory(prefix="autogemm-probe-") as tmp:
+        src = Path(tmp, "probe.c")
+        src.write_text(prelude + "int autogemm_probe(void) { return 0; }\n")
+        try:
+            proc = subprocess.run([*command, *BASE_FLAGS, *flags, str(src), "-o", str(Path(tmp, "p.so"))],
+                                  capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return proc.returncode == 0
+
+
+@functools.lru_cache(maxsize=None)
+def detect() -> Compiler:
+    """The compiler named by $CC, else the first of cc, gcc, clang on PATH."""
+    env_cc = os.environ.get("CC", "").strip()
+    candidates = [shlex.split(env_cc)] if env_cc else [["cc"], ["gcc"], ["clang"]]
+    for command in candidates:
+        if command and shutil.which(command[0]):
+            try:
+                out = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if out.returncode == 0:
+                return _identify(tuple(command), out.stdout)
+    where = f"$CC={env_cc!r} was not found or does not run" if env_cc else "no cc, gcc or clang on PATH"
+    raise CompilerNotFound(
+        f"autogemm needs a C compiler: {where}. Install one (Debian/Ubuntu: `apt-get install gcc`, "
+        "macOS: `xcode-select --install`) or point $CC at it."
+    )
+
+
+def _identify(command: tuple[str, ...], version_text: str) -> Compiler:
+    banner = version_text.splitlines()[0].strip() if version_text else command[0]
+    family = "clang" if "clang" in version_text.lower() else "gcc" if re.search(r"gcc|GCC|Free Software", version_text) else Path(command[0]).name
+    match = re.search(r"(\d+\.\d+(?:\.\d+)?)", banner)
+    return Compiler(command=command, family=family, version=match[1] if match else "unknown", banner=banner)
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: $AUTOGEMM_CACHE_DIR, else the user cache directory."""
+    return Path(os.environ.get("AUTOGEMM_CACHE_DIR") or platformdirs.user_cache_dir("autogemm"))
+
+
+def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Path:
+    """Compiles `source` into a shared library, cached by a hash of source, compiler and flags.
+
+    Concurrent builders of the same source wait on a file lock; the library appears by an atomic
+    rename, so no process ever loads a half-written file. A failed build raises CompileError and
+    keeps the source next to the cache for inspection.
+    """
+    compiler = compiler or detect()
+    flags = compiler.flags
+    key = hashlib.sha256("\0".join([source, compiler.banner, *compiler.command, *flags]).encode()).hexdigest()[:20]
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompileError(f"cannot create the kernel cache {directory}: {exc}; set AUTOGEMM_CACHE_DIR") from exc
+    library = directory / f"{name}-{key}.so"
+    if library.exists():
+        return library
+    with filelock.FileLock(str(library) + ".lock", timeout=600):
+        if library.exists():
+            return library
+        source_path = directory / f"{name}-{key}.c"
+        source_path.write_text(source)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so.tmp", dir=directory)
+        os.close(fd)
+        try:
+            try:
+                proc = subprocess.run([*compiler.command, *flags, str(source_path), "-o", tmp, "-lm"],
+                                      capture_output=True, text=True, timeout=600)
+            except subprocess.TimeoutExpired as exc:
+                raise CompileError(f"compiling {name} took over 600 s (source kept at {source_path})",
+                                   source_path) from exc
+            if proc.returncode != 0:
+                raise CompileError(
+                    f"{compiler.command[0]} failed on {name} (source kept at {source_path}):\n{proc.stderr[-4000:]}",
+                    source_path,
+                )
+            os.replace(tmp, library)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        source_path.unlink()
+    return library
