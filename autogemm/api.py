@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import analytic, machine, render, toolchain
-from .kernel import Kernel
+from .kernel import Kernel, computed_dtype
 from .params import DTYPES, KernelParams
 
 
@@ -64,10 +64,7 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None) -> n
         [[5.0, 14.0], [14.0, 50.0]]
     """
     a, b = np.asarray(a), np.asarray(b)
-    for x in (a, b):
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"autogemm supports {', '.join(DTYPES)}; got {x.dtype}")
-    return load(np.result_type(a, b).name)(a, b, out=out, threads=threads)
+    return load(computed_dtype(a, b).name)(a, b, out=out, threads=threads)
 
 
 def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) -> list[Path]:

@@ -35,8 +35,12 @@ def resolve_threads(threads: int | None) -> int:
     return int(threads)
 
 
-def _unsupported(dtype: np.dtype) -> TypeError:
-    return TypeError(f"autogemm supports {', '.join(DTYPES)}; got {dtype}")
+def computed_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
+    """The native float dtype of a @ b, or TypeError naming the supported dtypes."""
+    for x in (a, b):
+        if x.dtype.newbyteorder("=").name not in DTYPES:
+            raise TypeError(f"autogemm supports {', '.join(DTYPES)}; got {x.dtype}")
+    return np.result_type(a.dtype.newbyteorder("="), b.dtype.newbyteorder("="))
 
 
 def _element_strides(x: np.ndarray) -> tuple[int, int] | None:
@@ -115,10 +119,7 @@ class Kernel:
         a, b = np.asarray(a), np.asarray(b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: Input operand does not have enough dimensions")
-        for x in (a, b):
-            if x.dtype not in (np.float32, np.float64):
-                raise _unsupported(x.dtype)
-        if np.result_type(a, b) != self.dtype:
+        if computed_dtype(a, b) != self.dtype:
             raise TypeError(f"this kernel computes {self.dtype}; inputs are {a.dtype} and {b.dtype}")
         a2 = (a[np.newaxis, :] if a.ndim == 1 else a).astype(self.dtype, copy=False)
         b2 = (b[:, np.newaxis] if b.ndim == 1 else b).astype(self.dtype, copy=False)

@@ -1,0 +1,114 @@
+"""Side-by-side timing: autogemm kernels and numpy in one run, interleaved, as medians and ratios."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import threadpoolctl
+
+from .kernel import Kernel
+from .peak import measure_peak
+
+SUITES = {
+    "square": [(n, n, n) for n in (256, 512, 1024, 2048, 4096)],
+    "gpt2": [(4096, 2304, 768), (4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072),
+             (4096, 50304, 768), (768, 2304, 4096), (4096, 768, 2304)],
+    "quick": [(1024, 1024, 1024)],
+}
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'MxNxK' (or one N for a cube) -> (M, N, K)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"shape {text!r} is not MxNxK") from None
+    if len(dims) == 1:
+        dims = dims * 3
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"shape {text!r} is not MxNxK with positive sizes")
+    return dims
+
+
+def openblas_coretype() -> str:
+    """The kernel family OpenBLAS runs (threadpoolctl), or what numpy uses instead."""
+    for info in threadpoolctl.threadpool_info():
+        if info.get("internal_api") == "openblas":
+            return f"OpenBLAS {info.get('version')} {info.get('architecture')}"
+    apis = [info.get("internal_api") for info in threadpoolctl.threadpool_info() if info.get("user_api") == "blas"]
+    return ", ".join(apis) or "unknown"
+
+
+def time_numpy(a: np.ndarray, b: np.ndarray, threads: int) -> float:
+    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+    with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        return time.perf_counter() - start
+
+
+def stats(gflops: list[float]) -> dict:
+    p20, median, p80 = np.percentile(gflops, [20, 50, 80])
+    return {"median": float(median), "p20": float(p20), "p80": float(p80)}
+
+
+@dataclass
+class Row:
+    shape: tuple
+    dtype: str
+    threads: int
+    impl: str
+    gflops: dict
+    pct_peak: float
+    vs_numpy: float | None
+
+
+def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 7, numpy: bool = True,
+            peak: float | None = None, seed: int = 0) -> list[Row]:
+    """Times each kernel (and numpy) on one shape, interleaved round by round, fresh inputs per round."""
+    m, n, k = shape
+    dtype = next(iter(kernels.values())).dtype if kernels else np.dtype("float32")
+    flops = 2.0 * m * n * k
+    rng = np.random.default_rng(seed)
+    timings: dict[str, list[float]] = {name: [] for name in kernels}
+    if numpy:
+        timings["numpy"] = []
+    for round_ in range(rounds + 1):
+        a = rng.standard_normal((m, k), dtype=np.float32).astype(dtype)
+        b = rng.standard_normal((k, n), dtype=np.float32).astype(dtype)
+        for name, kernel in kernels.items():
+            seconds = float(kernel.bench(a, b, threads=threads, warmup=0, reps=1)[0])
+            if round_:  # round 0 warms caches, page tables and thread pools
+                timings[name].append(flops / seconds * 1e-9)
+        if numpy:
+            seconds = time_numpy(a, b, threads)
+            if round_:
+                timings["numpy"].append(flops / seconds * 1e-9)
+    peak = peak or measure_peak(dtype.name, threads)
+    numpy_median = stats(timings["numpy"])["median"] if numpy else None
+    rows = []
+    for name, values in timings.items():
+        s = stats(values)
+        rows.append(Row(tuple(shape), dtype.name, threads, name, s, 100.0 * s["median"] / peak,
+                        s["median"] / numpy_median if numpy_median else None))
+    return rows
+
+
+def format_table(rows: list[Row], peaks: dict) -> str:
+    lines = [f"{'shape':>18} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
+             f"{'%peak':>6} {'x numpy':>8}"]
+    for r in rows:
+        shape = "x".join(map(str, r.shape))
+        spread = f"{r.gflops['p20']:.1f}-{r.gflops['p80']:.1f}"
+        ratio = f"{r.vs_numpy:.3f}" if r.vs_numpy is not None else "-"
+        lines.append(f"{shape:>18} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
+                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}")
+    lines.append("measured FMA peak (GFLOP/s): " + ", ".join(f"{d} {t} thr {v:.1f}" for (d, t), v in sorted(peaks.items())))
+    return "\n".join(lines)
+
+
+def row_dict(row: Row) -> dict:
+    return asdict(row)

@@ -1,0 +1,33 @@
+"""The measured FMA peak: the physical limit that every GFLOP/s figure is compared against."""
+
+from __future__ import annotations
+
+import functools
+
+import cffi
+
+from . import machine, render, toolchain
+
+
+@functools.lru_cache(maxsize=None)
+def _peak_library(isa: str, dtype: str):
+    source = render.render_peak(isa, dtype)
+    library = toolchain.build_shared(source, f"ag_peak_{isa}_{dtype}")
+    ffi = cffi.FFI()
+    ffi.cdef("double autogemm_peak_flops_per_iter(void); double autogemm_peak_seconds(int nthreads, long iters);")
+    return ffi.dlopen(str(library))
+
+
+def measure_peak(dtype: str = "float32", threads: int = 1, isa: str | None = None, repeats: int = 5) -> float:
+    """Best-of-`repeats` FMA throughput in GFLOP/s on `threads` threads, on this CPU's best ISA.
+
+    Each repeat runs about 0.1 s; the best is the least disturbed by other work on the machine.
+    """
+    isa = isa or machine.detect().best_isa
+    lib = _peak_library(isa, dtype)
+    iters = 1 << 12
+    while (seconds := lib.autogemm_peak_seconds(threads, iters)) < 0.01:
+        iters *= 4
+    iters = int(iters * 0.1 / seconds) + 1
+    flops = lib.autogemm_peak_flops_per_iter() * iters * threads
+    return max(flops / lib.autogemm_peak_seconds(threads, iters) for _ in range(repeats)) * 1e-9

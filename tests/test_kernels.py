@@ -1,0 +1,146 @@
+"""The micro-kernel contract, checked on every template and dtype this CPU can run."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from autogemm import analytic, api, machine, params
+from autogemm.check import error_ratio
+
+from conftest import LAYOUTS, random_matrix
+
+HOST = machine.detect()
+TEMPLATES = [
+    pytest.param(isa, dtype, marks=pytest.mark.skipif(not HOST.supports(isa), reason=f"CPU lacks {isa}"))
+    for isa in params.ISAS
+    for dtype in params.DTYPES
+]
+
+
+def param_grid(isa, dtype):
+    """The analytic default plus variants with tiny blocks, so every loop runs several times,
+    k-blocks leave an unroll remainder, and both parallel loops are used."""
+    base = analytic.default_params(HOST, dtype, isa)
+    vw = base.vw
+    tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
+    return [
+        base,
+        base.replace(**tiny, ku=4, parallel="ic", prefetch=2),
+        base.replace(**tiny, ku=8, parallel="jr"),
+        base.replace(ku=1, mc=2 * base.mr, kc=7, nc=2 * base.nr, parallel="jr", prefetch=1),
+    ]
+
+
+def sizes(p):
+    ms = sorted({1, p.mr - 1, p.mr, p.mr + 1, 2 * p.mr + 3, 37} - {0})
+    ns = sorted({1, p.nr - 1, p.nr + 1, 53})
+    ks = [0, 1, 7, p.kc + 3, 41]
+    return ms, ns, ks
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("variant", range(4))
+def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
+    p = param_grid(isa, dtype)[variant]
+    kernel = api.build(p)
+    ms, ns, ks = sizes(p)
+    for m, n, k in itertools.product(ms, ns, ks):
+        a = random_matrix(rng, (m, k), dtype)
+        b = random_matrix(rng, (k, n), dtype)
+        c = np.full((m, n), np.nan, dtype)
+        kernel.gemm(a, b, c, threads=2)
+        ratio = error_ratio(c, a, b, dtype=dtype)
+        assert ratio <= 1, f"{p.name}: {m}x{n}x{k} error ratio {ratio}"
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("layout_a, layout_b, layout_c", [
+    ("C", "C", "C"), ("F", "T", "F"), ("T", "F", "strided"), ("strided", "negative", "T"),
+    ("negative", "strided", "negative"), ("T", "T", "C"),
+])
+def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
+    p = param_grid(isa, dtype)[1]
+    kernel = api.build(p)
+    m, n, k = 2 * p.mr + 5, 3 * p.nr - 1, 2 * p.kc + 1
+    a = random_matrix(rng, (m, k), dtype, layout_a)
+    b = random_matrix(rng, (k, n), dtype, layout_b)
+    for alpha, beta in [(1.0, 0.0), (-0.5, 0.0), (1.0, 1.0), (2.0, -0.75), (0.0, 0.5)]:
+        c0 = random_matrix(rng, (m, n), dtype, layout_c)
+        if beta == 0:
+            c0[...] = np.nan  # beta == 0 must never read C
+        c = c0.copy(order="K") if layout_c in ("C", "F") else c0
+        before = np.array(c0, np.float64)
+        kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=2)
+        ratio = error_ratio(c, a, b, before, alpha, beta, dtype)
+        assert ratio <= 1, f"{p.name} {layout_a}/{layout_b}/{layout_c} alpha={alpha} beta={beta}: {ratio}"
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+def test_empty_and_zero_k(isa, dtype, rng):
+    kernel = api.build(param_grid(isa, dtype)[0])
+    for m, n in [(0, 5), (5, 0), (0, 0)]:
+        c = np.empty((m, n), dtype)
+        kernel.gemm(np.ones((m, 3), dtype), np.ones((3, n), dtype), c)
+        assert c.shape == (m, n)
+    c = rng.uniform(1, 2, (4, 6)).astype(dtype)
+    original = c.copy()
+    kernel.gemm(np.empty((4, 0), dtype), np.empty((0, 6), dtype), c, beta=0.5)
+    np.testing.assert_array_equal(c, (0.5 * original).astype(dtype))
+    c[...] = np.nan
+    kernel.gemm(np.empty((4, 0), dtype), np.empty((0, 6), dtype), c, beta=0.0)
+    np.testing.assert_array_equal(c, np.zeros((4, 6), dtype))
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_give_the_same_answer(isa, dtype, threads, rng):
+    p = param_grid(isa, dtype)[1]
+    kernel = api.build(p)
+    a = random_matrix(rng, (101, 67), dtype)
+    b = random_matrix(rng, (67, 89), dtype)
+    c = np.empty((101, 89), dtype)
+    kernel.gemm(a, b, c, threads=threads)
+    assert error_ratio(c, a, b, dtype=dtype) <= 1
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+def test_nan_and_inf_propagate(isa, dtype, rng):
+    kernel = api.build(param_grid(isa, dtype)[0])
+    a = random_matrix(rng, (9, 12), dtype)
+    b = random_matrix(rng, (12, 7), dtype)
+    a[2, 3] = np.nan
+    b[5, 4] = np.inf
+    c = np.empty((9, 7), dtype)
+    kernel.gemm(a, b, c)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(c), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(c), np.isinf(expected))
+
+
+def test_a_kernel_for_a_missing_isa_is_refused(monkeypatch):
+    plain = machine.Machine(arch="x86_64", microarch="x86_64", vendor="test", model="", features=frozenset(),
+                            cores=1, caches=HOST.caches, compiler=HOST.compiler)
+    monkeypatch.setattr(machine, "detect", lambda: plain)
+    p = params.KernelParams("float32", "avx2", mr=4, nr=16, vw=8, ku=4, mc=64, kc=64, nc=256)
+    with pytest.raises(api.IsaUnavailable, match="avx2"):
+        api.check_runnable(p)
+    assert analytic.default_params(plain, "float32").isa == "portable"
+
+
+@pytest.mark.parametrize("isa, flag", [("avx512", "-mavx2"), ("avx2", "-mno-avx2")])
+def test_templates_refuse_to_compile_without_their_isa(isa, flag, tmp_path):
+    """The ISA guard: no build can emit instructions for an ISA the target lacks."""
+    import subprocess
+    from autogemm import render
+
+    if HOST.arch != "x86_64":
+        pytest.skip("x86 ISA guard")
+    vw = params.vector_widths(isa, "float32")[0]
+    p = params.KernelParams("float32", isa, mr=2, nr=vw, vw=vw, ku=1, mc=2, kc=8, nc=vw)
+    src = tmp_path / "k.c"
+    src.write_text(render.render_gemm(p))
+    proc = subprocess.run([*HOST.compiler.command, "-O1", "-march=x86-64", flag, "-c", str(src), "-o",
+                           str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "autogemm: this kernel uses" in proc.stderr

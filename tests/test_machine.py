@@ -1,0 +1,74 @@
+import re
+
+import pytest
+
+from autogemm import analytic, machine, toolchain
+from autogemm.peak import measure_peak
+
+
+def test_machine_id_names_microarch_isa_cores_and_compiler(host):
+    mid = host.machine_id
+    assert re.fullmatch(r"[A-Za-z0-9_.+-]+", mid)
+    assert host.microarch in mid and host.best_isa in mid and f"{host.cores}c" in mid
+    assert host.compiler.version in mid
+    assert host.isas[-1] == "portable"
+
+
+def test_caches_are_read_and_ordered(host):
+    l1, l2, l3 = (host.caches[i] for i in (1, 2, 3))
+    assert 4096 <= l1.size < l2.size <= l3.size or l2.size == l3.size
+    assert l1.sets * l1.ways * l1.line == l1.size
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_analytic_default_fills_registers_and_caches(host, dtype):
+    p = analytic.default_params(host, dtype)
+    budget = analytic.register_budget(host, p.isa)
+    accumulators = p.mr * p.nr // p.vw
+    assert accumulators >= analytic.FMA_LATENCY * analytic.FMA_PIPES
+    assert accumulators + p.nr // p.vw + 1 <= budget
+    size = 4 if dtype == "float32" else 8
+    assert p.kc * p.nr * size <= host.caches[1].size  # resident B micro-panel fits in L1
+    assert p.mc * p.kc * size <= host.caches[2].size  # packed A block fits in L2
+
+
+def test_register_tile_matches_known_good_blis_shapes():
+    assert analytic.register_tile(32, 16) == (14, 32)  # AVX-512 sgemm: 28 accumulators
+    assert analytic.register_tile(32, 8) == (14, 16)  # AVX-512 dgemm
+    mr, nr = analytic.register_tile(16, 8)  # AVX2 sgemm: 12 accumulators, like BLIS's 6x16
+    assert mr * nr // 8 == 12
+
+
+def test_missing_compiler_gets_a_clear_message(monkeypatch):
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    toolchain.detect.cache_clear()
+    try:
+        with pytest.raises(toolchain.CompilerNotFound, match=r"\$CC=.*/nonexistent/cc.*apt-get install gcc"):
+            toolchain.detect()
+    finally:
+        monkeypatch.undo()
+        toolchain.detect.cache_clear()
+
+
+def test_compile_errors_keep_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGEMM_CACHE_DIR", str(tmp_path))
+    with pytest.raises(toolchain.CompileError) as info:
+        toolchain.build_shared("this is not C;", "broken")
+    assert info.value.source_path.read_text() == "this is not C;"
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_builds_are_cached_by_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGEMM_CACHE_DIR", str(tmp_path))
+    first = toolchain.build_shared("int f(void) { return 1; }\n", "tiny")
+    assert toolchain.build_shared("int f(void) { return 1; }\n", "tiny") == first
+    assert toolchain.build_shared("int f(void) { return 2; }\n", "tiny") != first
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_peak_is_measured_not_folded_away(host, dtype):
+    """A folded-away loop would report absurd rates; 6 GHz x 4 FMA pipes bounds any real core."""
+    lanes = 64 // (4 if dtype == "float32" else 8)
+    ceiling = 6.0 * 4 * 2 * lanes
+    rate = measure_peak(dtype, 1, repeats=1)
+    assert 0.5 < rate < ceiling

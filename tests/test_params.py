@@ -1,0 +1,48 @@
+import pytest
+
+from autogemm.params import InvalidParams, KernelParams, registers_needed
+
+GOOD = dict(dtype="float32", isa="avx2", mr=6, nr=16, vw=8, ku=4, mc=96, kc=256, nc=4096)
+
+
+def test_valid_params_have_a_descriptive_name():
+    p = KernelParams(**GOOD)
+    assert p.name == "ag_sgemm_avx2_6x16_k4_mc96_kc256_nc4096_ic_pf0"
+    assert KernelParams.from_dict(p.to_dict()) == p
+    assert hash(p) == hash(KernelParams(**GOOD))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(dtype="int32"), "dtype"),
+    (dict(isa="sse9"), "isa"),
+    (dict(parallel="kc"), "parallel"),
+    (dict(mr=0), "mr"),
+    (dict(mr=6.0), "int"),
+    (dict(mr=True), "int"),
+    (dict(mr="6"), "int"),
+    (dict(kc=-1), "kc"),
+    (dict(vw=16), "vector width"),
+    (dict(nr=12), "multiple of the vector width"),
+    (dict(mc=100), "multiple of mr"),
+    (dict(nc=4004), "multiple of nr"),
+    (dict(ku=3), "ku"),
+    (dict(mr=8, nr=16), "registers"),
+    (dict(prefetch=1000), "prefetch"),
+    (dict(dtype="float32); system(\"rm -rf /\""), "dtype"),
+    (dict(isa="avx2 */ int x; /*"), "isa"),
+])
+def test_bad_values_are_rejected_before_rendering(change, message):
+    with pytest.raises(InvalidParams, match=message):
+        KernelParams(**{**GOOD, **change})
+
+
+def test_unknown_keys_are_rejected():
+    with pytest.raises(InvalidParams, match="unknown"):
+        KernelParams.from_dict({**GOOD, "extra_c": "#include </etc/passwd>"})
+
+
+def test_register_budget_counts_accumulators_b_vectors_and_broadcast():
+    assert registers_needed(14, 32, 16) == 14 * 2 + 2 + 1
+    KernelParams(**{**GOOD, "isa": "avx512", "vw": 16, "mr": 14, "nr": 32, "mc": 14 * 8, "nc": 4096})
+    with pytest.raises(InvalidParams):
+        KernelParams(**{**GOOD, "isa": "avx512", "vw": 16, "mr": 15, "nr": 32, "mc": 15 * 8, "nc": 4096})
