@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
 import numpy as np
 
-from . import analytic, machine, render, toolchain
+from . import analytic, machine, render, store, toolchain
 from .kernel import Kernel, computed_dtype
 from .params import DTYPES, KernelParams
 
@@ -39,8 +40,25 @@ def build(params: KernelParams) -> Kernel:
     return Kernel(params, machine.detect(), library, source)
 
 
-def load(dtype="float32", *, params: KernelParams | None = None) -> Kernel:
-    """The kernel to use for `dtype` on this machine: `params` if given, else the analytic default.
+@functools.lru_cache(maxsize=8)
+def _entries_cached(machine_id: str, tuned_dir, signature) -> list:
+    return store.find_entries(machine_id, tuned_dir)
+
+
+def tuned_entries(tuned_dir=None) -> list:
+    """This machine's validated tuned entries (re-read when a tuned file changes)."""
+    host = machine.detect()
+    files = [store.path_for(host.machine_id, d) for d in store.search_dirs(tuned_dir)]
+    signature = tuple((str(f), f.stat().st_mtime_ns if f.exists() else None) for f in files)
+    return _entries_cached(host.machine_id, str(tuned_dir) if tuned_dir else None, signature)
+
+
+def load(dtype="float32", *, params: KernelParams | None = None, shape=None, threads: int | None = None,
+         tuned_dir=None) -> Kernel:
+    """The kernel to use for `dtype` on this machine.
+
+    `params` if given; else this machine's tuned entry nearest to `shape` (M, N, K) and `threads`;
+    else the analytic default. Tuned files of other machines are never used.
 
     Example:
         >>> k = load("float64")
@@ -48,11 +66,17 @@ def load(dtype="float32", *, params: KernelParams | None = None) -> Kernel:
         ('float64', True)
     """
     dtype = _check_dtype(dtype)
-    if params is None:
-        params = analytic.default_params(machine.detect(), dtype)
-    elif params.dtype != dtype:
-        raise ValueError(f"params are for {params.dtype}, not {dtype}")
-    return build(params)
+    if params is not None:
+        if params.dtype != dtype:
+            raise ValueError(f"params are for {params.dtype}, not {dtype}")
+        return build(params)
+    entry = store.nearest(tuned_entries(tuned_dir), dtype, shape, threads)
+    if entry is None:
+        return build(analytic.default_params(machine.detect(), dtype))
+    kernel = copy.copy(build(entry.params))
+    kernel.tuned = entry.record
+    kernel.default_threads = entry.record.get("tuning", {}).get("run_threads")
+    return kernel
 
 
 def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -64,7 +88,8 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None) -> n
         [[5.0, 14.0], [14.0, 50.0]]
     """
     a, b = np.asarray(a), np.asarray(b)
-    return load(computed_dtype(a, b).name)(a, b, out=out, threads=threads)
+    shape = (a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1] if a.ndim else 1)
+    return load(computed_dtype(a, b).name, shape=shape, threads=threads)(a, b, out=out, threads=threads)
 
 
 def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) -> list[Path]:

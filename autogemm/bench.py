@@ -42,6 +42,11 @@ def openblas_coretype() -> str:
     return ", ".join(apis) or "unknown"
 
 
+#: Seconds to wait after an implementation runs, before another is timed. OpenBLAS's idle threads
+#: spin for up to ~0.1 s after a call (and libgomp's briefly), stealing cores from whatever runs next.
+SETTLE_AFTER = {"numpy": 0.15, "kernel": 0.01}
+
+
 def time_numpy(a: np.ndarray, b: np.ndarray, threads: int) -> float:
     out = np.empty((a.shape[0], b.shape[1]), a.dtype)
     with threadpoolctl.threadpool_limits(threads, user_api="blas"):
@@ -66,9 +71,25 @@ class Row:
     vs_numpy: float | None
 
 
-def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 7, numpy: bool = True,
-            peak: float | None = None, seed: int = 0) -> list[Row]:
-    """Times each kernel (and numpy) on one shape, interleaved round by round, fresh inputs per round."""
+def _burst(call, reps: int, warm_seconds: float) -> list[float]:
+    """Seconds of `reps` back-to-back calls, after untimed calls for `warm_seconds` wake every
+    core (an idle virtual CPU can take milliseconds to be scheduled again)."""
+    start = time.perf_counter()
+    call()
+    while time.perf_counter() - start < warm_seconds:
+        call()
+    return [call() for _ in range(reps)]
+
+
+def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
+            numpy: bool = True, peak: float | None = None, seed: int = 0,
+            kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02) -> list[Row]:
+    """Times each kernel (and numpy) on one shape, interleaved round by round (A B numpy A B
+    numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
+
+    Every implementation runs on `threads` threads unless `kernel_threads` names another count.
+    """
+    kernel_threads = kernel_threads or {}
     m, n, k = shape
     dtype = next(iter(kernels.values())).dtype if kernels else np.dtype("float32")
     flops = 2.0 * m * n * k
@@ -76,23 +97,24 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 7,
     timings: dict[str, list[float]] = {name: [] for name in kernels}
     if numpy:
         timings["numpy"] = []
-    for round_ in range(rounds + 1):
+    for _ in range(rounds):
         a = rng.standard_normal((m, k), dtype=np.float32).astype(dtype)
         b = rng.standard_normal((k, n), dtype=np.float32).astype(dtype)
         for name, kernel in kernels.items():
-            seconds = float(kernel.bench(a, b, threads=threads, warmup=0, reps=1)[0])
-            if round_:  # round 0 warms caches, page tables and thread pools
-                timings[name].append(flops / seconds * 1e-9)
+            nthreads = kernel_threads.get(name, threads)
+            seconds = _burst(lambda: float(kernel.bench(a, b, threads=nthreads, warmup=0, reps=1)[0]), reps, warm_seconds)
+            timings[name] += [flops / s * 1e-9 for s in seconds]
+            time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
-            seconds = time_numpy(a, b, threads)
-            if round_:
-                timings["numpy"].append(flops / seconds * 1e-9)
+            seconds = _burst(lambda: time_numpy(a, b, threads), reps, warm_seconds)
+            timings["numpy"] += [flops / s * 1e-9 for s in seconds]
+            time.sleep(SETTLE_AFTER["numpy"])
     peak = peak or measure_peak(dtype.name, threads)
     numpy_median = stats(timings["numpy"])["median"] if numpy else None
     rows = []
     for name, values in timings.items():
         s = stats(values)
-        rows.append(Row(tuple(shape), dtype.name, threads, name, s, 100.0 * s["median"] / peak,
+        rows.append(Row(tuple(shape), dtype.name, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
                         s["median"] / numpy_median if numpy_median else None))
     return rows
 

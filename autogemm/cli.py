@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, analytic, api, bench, machine, toolchain
+from . import __version__, analytic, api, bench, machine, search, store, toolchain
 from .peak import measure_peak
-from .params import DTYPES
+from .params import DTYPES, KernelParams
 
 
 def _print_json(data, path: str | None) -> None:
@@ -25,6 +25,7 @@ def cmd_info(args) -> int:
     info = host.describe()
     info["version"] = __version__
     info["default_kernels"] = {d: analytic.default_params(host, d).name for d in DTYPES}
+    info["tuned_entries"] = [_entry_line(e) for e in api.tuned_entries(args.tuned_dir)]
     if args.peak:
         info["peak_gflops"] = {f"{d}/{t}": round(measure_peak(d, t), 1) for d in DTYPES for t in (1, host.cores)}
     if args.json:
@@ -32,6 +33,67 @@ def cmd_info(args) -> int:
         return 0
     for key, value in info.items():
         print(f"{key:>16}: {value}")
+    return 0
+
+
+def _entry_line(entry) -> str:
+    r = entry.record
+    gflops = r.get("gflops", {}).get("median", 0.0)
+    return (f"{entry.dtype} {'x'.join(map(str, entry.shape))} t{entry.threads}: {entry.params.name} "
+            f"{gflops:.1f} GFLOP/s, {r.get('vs_numpy', 0):.2f}x numpy, {r.get('pct_peak', 0):.0f}% of peak")
+
+
+def cmd_tune(args) -> int:
+    from .tune import tune
+
+    shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else None
+    try:
+        results = tune(args.dtype, shapes, args.threads, trials=args.trials, timeout=args.timeout or None,
+                       sampler=args.sampler, storage=args.storage, tuned_dir=args.tuned_dir, seed=args.seed,
+                       top_k=args.top_k, progress=not args.json)
+    except KeyboardInterrupt:
+        print("\nautogemm: interrupted; every finished trial is saved. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    records = [r.record for r in results]
+    if args.json:
+        _print_json({"machine": machine.detect().describe(), "results": records,
+                     "tuned_file": str(results[-1].path) if results else None}, args.json)
+        if args.json == "-":
+            return 0
+    print(f"{'shape':>16} {'thr':>3} {'kernel':<52} {'GFLOP/s':>8} {'numpy':>7} {'x numpy':>7} {'%peak':>6} "
+          f"{'trials':>6} {'to 3%':>6}")
+    for r in records:
+        to3 = r["tuning"]["seconds_to_within_3pct"]
+        print(f"{'x'.join(map(str, r['shape'])):>16} {r['tuning']['run_threads']:>3} "
+              f"{KernelParams.from_dict(r['params']).name:<52} {r['gflops']['median']:>8.1f} "
+              f"{r['numpy_gflops']:>7.1f} {r['vs_numpy']:>7.3f} {r['pct_peak']:>6.1f} {r['tuning']['trials']:>6} "
+              f"{(f'{to3:.0f}s' if to3 is not None else '-'):>6}")
+    if results:
+        print(f"saved: {results[-1].path}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    import optuna
+
+    entries = api.tuned_entries(args.tuned_dir)
+    storage = args.storage or search.default_storage()
+    studies = [{"name": s.study_name, "trials": s.n_trials,
+                "best_gflops": s.best_trial.value if s.best_trial else None}
+               for s in optuna.get_all_study_summaries(storage)]
+    if args.json:
+        _print_json({"tuned": [e.record for e in entries], "studies": studies, "storage": storage}, args.json)
+        return 0
+    print(f"tuned entries for {machine.detect().machine_id}:")
+    for entry in entries:
+        print("  " + _entry_line(entry))
+    if not entries:
+        print("  (none: run `autogemm tune`)")
+    print(f"studies in {storage}:")
+    for s in studies:
+        best = f"{s['best_gflops']:.1f} GFLOP/s" if s["best_gflops"] is not None else "-"
+        print(f"  {s['name']}: {s['trials']} trials, best {best}")
     return 0
 
 
@@ -61,11 +123,16 @@ def _shapes(args) -> list[tuple[int, int, int]]:
 
 
 def cmd_bench(args) -> int:
-    kernels = {"default": api.load(args.dtype)}
-    rows, peaks = [], {}
+    default = api.load(args.dtype, params=analytic.default_params(machine.detect(), args.dtype))
+    rows, peaks, used = [], {}, {"default": default.params.name}
     for threads in _threads_list(args.threads):
         peaks[(args.dtype, threads)] = measure_peak(args.dtype, threads)
         for shape in _shapes(args):
+            kernels = {"default": default}
+            tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
+            if tuned.tuned is not None:
+                kernels = {"tuned": tuned, **kernels}
+                used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
             rows += bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[(args.dtype, threads)])
             if not args.json:
                 print(bench.format_table(rows[-len(kernels) - 1:], {}).splitlines()[-2], flush=True)
@@ -73,7 +140,7 @@ def cmd_bench(args) -> int:
         "machine": machine.detect().describe(),
         "blas": bench.openblas_coretype(),
         "peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
-        "kernels": {name: k.params.to_dict() for name, k in kernels.items()},
+        "kernels": used,
         "rows": [bench.row_dict(r) for r in rows],
     }
     if args.json:
@@ -93,7 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="machine id, ISAs, cores, compiler, default kernels")
     info.add_argument("--peak", action="store_true", help="also measure the FMA peak")
     info.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
+    info.add_argument("--tuned-dir", help="read tuned files from this directory")
     info.set_defaults(func=cmd_info)
+
+    tune_ = sub.add_parser("tune", help="search kernels with Optuna and save the best for this machine")
+    tune_.add_argument("--dtype", choices=DTYPES, default="float32")
+    tune_.add_argument("--shape", action="append", help="MxNxK, repeatable (default: 512^3, 1024^3, 4096x768x768)")
+    tune_.add_argument("--threads", type=int, help="thread budget (default: $AUTOGEMM_NUM_THREADS or all cores)")
+    tune_.add_argument("--trials", type=int, default=40, help="finished trials per shape, counting resumed ones")
+    tune_.add_argument("--timeout", type=float, default=90.0, help="search seconds per shape (0: no limit)")
+    tune_.add_argument("--sampler", choices=search.SAMPLERS, default="tpe")
+    tune_.add_argument("--storage", help="Optuna storage URL (default: SQLite in the user data directory)")
+    tune_.add_argument("--tuned-dir", help="write the tuned file here")
+    tune_.add_argument("--seed", type=int, help="sampler seed")
+    tune_.add_argument("--top-k", type=int, default=3, help="finalists re-measured beside numpy")
+    tune_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
+    tune_.set_defaults(func=cmd_tune)
+
+    list_ = sub.add_parser("list", help="tuned entries and studies")
+    list_.add_argument("--tuned-dir", help="read tuned files from this directory")
+    list_.add_argument("--storage", help="Optuna storage URL")
+    list_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
+    list_.set_defaults(func=cmd_list)
 
     export = sub.add_parser("export", help="write standalone C source and header")
     export.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -105,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--shape", action="append", help="MxNxK, repeatable")
     bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)}")
     bench_.add_argument("--threads", default=str(machine.available_cores()), help="comma-separated list")
-    bench_.add_argument("--rounds", type=int, default=7, help="timed rounds per implementation")
+    bench_.add_argument("--rounds", type=int, default=5, help="interleaved rounds (3 timed calls each)")
+    bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)
     return parser
@@ -115,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (toolchain.CompilerNotFound, toolchain.CompileError, ValueError, TypeError, OSError) as exc:
+    except (toolchain.CompilerNotFound, toolchain.CompileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         print(f"autogemm: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,12 +20,17 @@ int autogemm_{p}gemm_bench(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const {t} *a, 
 """
 
 
-def resolve_threads(threads: int | None) -> int:
-    """`threads`, else $AUTOGEMM_NUM_THREADS, else every core this process may use."""
+#: Loaded libraries stay loaded for the life of the process: their per-thread packing workspaces
+#: are freed by a destructor inside the library when a thread exits, so it must never be unloaded.
+_LOADED: list = []
+
+
+def resolve_threads(threads: int | None, tuned: int | None = None) -> int:
+    """`threads`, else $AUTOGEMM_NUM_THREADS, else the tuned count, else every core we may use."""
     if threads is None:
         env = os.environ.get("AUTOGEMM_NUM_THREADS", "").strip()
         if not env:
-            return available_cores()
+            return min(tuned, available_cores()) if tuned else available_cores()
         try:
             threads = int(env)
         except ValueError:
@@ -61,11 +66,14 @@ class Kernel:
         self.source = source
         self.library = library
         self.dtype = np.dtype(params.dtype)
+        self.tuned: dict | None = None  # the tuned-file entry this kernel came from, if any
+        self.default_threads: int | None = None  # the thread count that entry was fastest with
         self._ctype = "float" if params.dtype == "float32" else "double"
         letter = "s" if params.dtype == "float32" else "d"
         self._ffi = cffi.FFI()
         self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype))
         self._lib = self._ffi.dlopen(str(library))
+        _LOADED.append((self._ffi, self._lib))
         self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
 
@@ -97,7 +105,7 @@ class Kernel:
             raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {c.shape} do not match")
         if not c.flags.writeable:
             raise ValueError("gemm: output array is read-only")
-        nthreads = resolve_threads(threads)
+        nthreads = resolve_threads(threads, self.default_threads)
         a, b = self._usable(a), self._usable(b)
         target = c
         if (_element_strides(c) is None or not c.dtype.isnative or np.may_share_memory(c, a)

@@ -1,0 +1,219 @@
+"""The Optuna search over template parameters for one (dtype, shape, threads) problem."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import optuna
+import platformdirs
+
+from . import analytic
+from .evaluate import OK, Request, Result
+from .machine import Machine
+from .params import KU_CHOICES, InvalidParams, KernelParams, vector_widths
+
+SAMPLERS = ("tpe", "random", "cmaes", "grid")
+KC_CHOICES = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
+MC_CHOICES = (48, 96, 192, 288, 384, 576, 768, 1024, 1536)
+NC_CHOICES = (512, 1024, 2048, 4096, 8192)
+PREFETCH_CHOICES = (0, 2, 4, 8, 16)
+MAX_MR, MAX_NV = 16, 4
+
+
+def default_storage() -> str:
+    """SQLite in the user data directory (~/.local/share/autogemm/studies.db on Linux)."""
+    directory = Path(os.environ.get("AUTOGEMM_DATA_DIR") or platformdirs.user_data_dir("autogemm"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'studies.db'}"
+
+
+def study_name(machine: Machine, dtype: str, shape, threads: int) -> str:
+    return f"{machine.machine_id}:{dtype}:{'x'.join(map(str, shape))}:t{threads}"
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, value // multiple * multiple)
+
+
+def params_from_choices(machine: Machine, dtype: str, choices: dict) -> KernelParams:
+    """Maps raw search choices onto valid parameters; InvalidParams if they break a constraint."""
+    isa = choices["isa"]
+    vw = (analytic.portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype)))
+    mr, nr = choices["mr"], choices["nv"] * vw
+    if mr * choices["nv"] + choices["nv"] + 1 > analytic.register_budget(machine, isa):
+        raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
+    return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
+                        mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
+                        parallel=choices["parallel"], prefetch=choices["prefetch"])
+
+
+def choices_from_params(p: KernelParams, threads: int) -> dict:
+    """The search choices that reproduce `p` (used to enqueue the analytic default)."""
+    def nearest(options, value):
+        return min(options, key=lambda o: abs(math.log(o / value)))
+    return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(KC_CHOICES, p.kc),
+            "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
+            "prefetch": p.prefetch, "threads": threads}
+
+
+def grid_space(machine: Machine, threads: int) -> dict:
+    """A small grid over the choices that matter most, for --sampler grid."""
+    return {"isa": [machine.best_isa], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
+            "kc": [128, 256, 384], "mc": [192, 576], "nc": [4096], "parallel": ["ic", "jr"],
+            "prefetch": [0, 8], "threads": [threads]}
+
+
+def suggest(trial: optuna.Trial, machine: Machine, max_threads: int) -> dict:
+    return {
+        "isa": trial.suggest_categorical("isa", list(machine.isas)),
+        "mr": trial.suggest_int("mr", 1, MAX_MR),
+        "nv": trial.suggest_int("nv", 1, MAX_NV),
+        "ku": trial.suggest_categorical("ku", list(KU_CHOICES)),
+        "kc": trial.suggest_categorical("kc", list(KC_CHOICES)),
+        "mc": trial.suggest_categorical("mc", list(MC_CHOICES)),
+        "nc": trial.suggest_categorical("nc", list(NC_CHOICES)),
+        "parallel": trial.suggest_categorical("parallel", ["ic", "jr"]),
+        "prefetch": trial.suggest_categorical("prefetch", list(PREFETCH_CHOICES)),
+        "threads": trial.suggest_int("threads", 1, max_threads),
+    }
+
+
+def make_sampler(name: str, machine: Machine, threads: int, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_space(machine, threads), seed=seed)
+    raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+
+
+@dataclass
+class Outcome:
+    """What a finished search found, from the study's completed trials."""
+
+    best_params: KernelParams | None
+    best_threads: int
+    best_gflops: float
+    trials: int
+    statuses: dict
+    seconds: float
+    seconds_to_within_3pct: float | None
+
+
+def run_search(machine: Machine, dtype: str, shape, threads: int, evaluator, *, storage: str | None = None,
+               sampler: str = "tpe", trials: int | None = 40, timeout: float | None = None, seed: int | None = None,
+               progress=None) -> tuple[optuna.Study, Outcome]:
+    """Searches until the study holds `trials` measured trials or `timeout` seconds pass.
+
+    `evaluator(Request) -> Result` runs a candidate (normally a `Worker.run`). The study persists
+    in `storage`, so a second call with the same problem resumes where the first stopped. The
+    analytic default is the first trial of a new study; a constraint breach prunes a trial before
+    anything is compiled; a failed candidate scores 0 GFLOP/s with its status as a user attribute.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name(machine, dtype, shape, threads),
+        storage=storage or default_storage(),
+        sampler=make_sampler(sampler, machine, threads, seed),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if not study.trials and sampler != "grid":
+        study.enqueue_trial(choices_from_params(analytic.default_params(machine, dtype), threads))
+    seen = {t.user_attrs["kernel"]: t.value for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and "kernel" in t.user_attrs}
+
+    def objective(trial: optuna.Trial) -> float:
+        choices = suggest(trial, machine, threads)
+        try:
+            params = params_from_choices(machine, dtype, choices)
+        except InvalidParams as exc:
+            trial.set_user_attr("status", "constraint")
+            raise optuna.TrialPruned(str(exc)) from None
+        key = f"{params.name}:t{choices['threads']}"
+        trial.set_user_attr("kernel", key)
+        if key in seen:  # the sampler proposed a kernel already measured in this study
+            trial.set_user_attr("status", "repeat")
+            return seen[key]
+        result: Result = evaluator(Request(params.to_dict(), tuple(shape), choices["threads"]))
+        trial.set_user_attr("status", result.status)
+        trial.set_user_attr("seconds", result.seconds)
+        if result.status != OK:
+            trial.set_user_attr("message", result.message[-1000:])
+            if result.source_path:
+                trial.set_user_attr("source_path", result.source_path)
+            seen[key] = 0.0
+            return 0.0
+        trial.set_user_attr("gflops", result.gflops)
+        seen[key] = result.gflops["median"]
+        return result.gflops["median"]
+
+    def measured(study: optuna.Study) -> int:
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+    if trials is None and timeout is None:
+        raise ValueError("give a trial budget, a timeout, or both")
+    already, proposals = measured(study), [0]
+
+    def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        proposals[0] += 1
+        # Pruned proposals (constraint breaches) cost no compile and do not count towards `trials`,
+        # but a sampler stuck proposing only those is stopped too.
+        if trials is not None and (measured(study) >= trials or proposals[0] >= 20 * max(trials - already, 1)):
+            study.stop()
+
+    if trials is None or already < trials:
+        study.optimize(objective, timeout=timeout, callbacks=[stop_when_done, *([progress] if progress else [])],
+                       gc_after_trial=False)
+    return study, summarize(study, machine, dtype)
+
+
+def summarize(study: optuna.Study, machine: Machine, dtype: str) -> Outcome:
+    trials = [t for t in study.trials if t.state.is_finished()]
+    statuses: dict[str, int] = {}
+    for t in trials:
+        status = t.user_attrs.get("status", t.state.name.lower())
+        statuses[status] = statuses.get(status, 0) + 1
+    good = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("status") == OK]
+    if not good:
+        return Outcome(None, 1, 0.0, len(trials), statuses, 0.0, None)
+    best = max(good, key=lambda t: t.value)
+    start = min(t.datetime_start for t in trials)
+    end = max(t.datetime_complete for t in trials)
+    within = min((t.datetime_complete for t in good if t.value >= 0.97 * best.value), default=None)
+    return Outcome(
+        best_params=params_from_choices(machine, dtype, best.params),
+        best_threads=best.params["threads"],
+        best_gflops=best.value,
+        trials=len(trials),
+        statuses=statuses,
+        seconds=(end - start).total_seconds(),
+        seconds_to_within_3pct=(within - start).total_seconds() if within else None,
+    )
+
+
+def top_candidates(study: optuna.Study, machine: Machine, dtype: str, k: int = 3) -> list[tuple[KernelParams, int, float]]:
+    """The k best distinct (params, threads) of the study, best first."""
+    found, keys = [], set()
+    for t in sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+                     and t.user_attrs.get("status") == OK), key=lambda t: -t.value):
+        key = t.user_attrs["kernel"]
+        if key not in keys:
+            keys.add(key)
+            found.append((params_from_choices(machine, dtype, t.params), t.params["threads"], t.value))
+        if len(found) == k:
+            break
+    return found
+
+
+def outcome_dict(outcome: Outcome) -> dict:
+    data = asdict(outcome)
+    data["best_params"] = outcome.best_params.to_dict() if outcome.best_params else None
+    return data
+

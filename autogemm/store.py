@@ -1,0 +1,179 @@
+"""tuned/<machine-id>.json: the best kernel per (dtype, shape, threads) for one machine.
+
+The file is small, schema-versioned, reviewable, and carries a hash of its entries. It is written
+atomically under a file lock, and a corrupt file is moved aside, never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+import platformdirs
+
+from .params import DTYPES, InvalidParams, KernelParams
+
+SCHEMA = 1
+_ENTRY_KEYS = {"dtype", "shape", "threads", "params", "gflops", "numpy_gflops", "vs_numpy", "pct_peak",
+               "peak_gflops", "versions", "date", "tuning"}
+
+
+class TunedFileError(ValueError):
+    """A tuned file that cannot be trusted: unreadable, another schema, another machine, bad hash."""
+
+
+def _checkout_tuned() -> Path:
+    return Path(__file__).resolve().parent.parent / "tuned"
+
+
+def _packaged_tuned() -> Path:
+    return Path(__file__).resolve().parent / "tuned"
+
+
+def user_tuned_dir() -> Path:
+    return Path(platformdirs.user_data_dir("autogemm")) / "tuned"
+
+
+def _writable(directory: Path) -> bool:
+    return directory.is_dir() and os.access(directory, os.W_OK)
+
+
+def tuned_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where results are written: `override`, else $AUTOGEMM_TUNED_DIR, else the checkout's
+    tuned/ when it is writable, else the user data directory (~/.local/share/autogemm/tuned)."""
+    chosen = override or os.environ.get("AUTOGEMM_TUNED_DIR")
+    if chosen:
+        return Path(chosen)
+    return _checkout_tuned() if _writable(_checkout_tuned()) else user_tuned_dir()
+
+
+def search_dirs(override: str | os.PathLike | None = None) -> list[Path]:
+    """Where tuned files are read from, first match wins."""
+    if override or os.environ.get("AUTOGEMM_TUNED_DIR"):
+        return [tuned_dir(override)]
+    return [d for d in (_checkout_tuned(), _packaged_tuned(), user_tuned_dir()) if d.is_dir()]
+
+
+def entries_hash(entries: list) -> str:
+    return hashlib.sha256(json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    dtype: str
+    shape: tuple
+    threads: int
+    params: KernelParams
+    record: dict
+
+    def distance(self, shape) -> float:
+        """Log-scale distance between problem shapes: 2x in one dimension counts as 1."""
+        return math.sqrt(sum(math.log2(max(a, 1) / max(b, 1)) ** 2 for a, b in zip(self.shape, shape)))
+
+
+def _validate_entry(raw) -> Entry:
+    if not isinstance(raw, dict) or not {"dtype", "shape", "threads", "params"} <= set(raw):
+        raise TunedFileError("an entry lacks dtype, shape, threads or params")
+    if set(raw) - _ENTRY_KEYS:
+        raise TunedFileError(f"an entry has unknown keys {sorted(set(raw) - _ENTRY_KEYS)}")
+    if raw["dtype"] not in DTYPES:
+        raise TunedFileError(f"an entry has dtype {raw['dtype']!r}")
+    shape = raw["shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(x, int) and x > 0 for x in shape)):
+        raise TunedFileError(f"an entry has shape {shape!r}")
+    if not isinstance(raw["threads"], int) or raw["threads"] < 1:
+        raise TunedFileError(f"an entry has threads {raw['threads']!r}")
+    try:
+        params = KernelParams.from_dict(raw["params"])
+    except (InvalidParams, TypeError) as exc:
+        raise TunedFileError(f"an entry has invalid params: {exc}") from None
+    if params.dtype != raw["dtype"]:
+        raise TunedFileError("an entry's params are for another dtype")
+    return Entry(raw["dtype"], tuple(shape), raw["threads"], params, raw)
+
+
+def read(path: Path, machine_id: str) -> list[Entry]:
+    """Validated entries of one tuned file; TunedFileError says exactly what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TunedFileError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise TunedFileError(f"{path}: not a tuned file")
+    if data.get("schema") != SCHEMA:
+        raise TunedFileError(f"{path}: schema {data.get('schema')!r}, this autogemm reads schema {SCHEMA}")
+    if data.get("machine_id") != machine_id:
+        raise TunedFileError(f"{path}: tuned on {data.get('machine_id')!r}, this machine is {machine_id!r}")
+    entries = data.get("entries")
+    if not isinstance(entries, list) or data.get("sha256") != entries_hash(entries):
+        raise TunedFileError(f"{path}: its entries do not match their sha256 (edited or corrupt)")
+    return [_validate_entry(e) for e in entries]
+
+
+def path_for(machine_id: str, directory: Path) -> Path:
+    return directory / f"{machine_id}.json"
+
+
+def find_entries(machine_id: str, override=None) -> list[Entry]:
+    """This machine's entries from the first tuned file found. A bad file is reported and skipped."""
+    for directory in search_dirs(override):
+        path = path_for(machine_id, directory)
+        if path.exists():
+            try:
+                return read(path, machine_id)
+            except TunedFileError as exc:
+                warnings.warn(f"autogemm: ignoring tuned file: {exc}; using the default kernel", stacklevel=3)
+    return []
+
+
+def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = None) -> Entry | None:
+    """The entry for `dtype` closest to `shape` (largest if no shape), preferring equal `threads`."""
+    candidates = [e for e in entries if e.dtype == dtype]
+    if not candidates:
+        return None
+    if shape is None:
+        return max(candidates, key=lambda e: (e.threads == threads, math.prod(e.shape)))
+    return min(candidates, key=lambda e: (e.threads != threads if threads else 0, e.distance(shape)))
+
+
+def save(machine: dict, record: dict, directory: Path) -> Path:
+    """Adds or replaces the entry for (dtype, shape, threads) in this machine's file, atomically.
+
+    A corrupt existing file is kept as `<name>.corrupt-<time>` before a fresh one is written.
+    """
+    _validate_entry(record)
+    machine_id = machine["machine_id"]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = path_for(machine_id, directory)
+    with filelock.FileLock(str(path) + ".lock", timeout=120):
+        entries = []
+        if path.exists():
+            try:
+                entries = [e.record for e in read(path, machine_id)]
+            except TunedFileError as exc:
+                backup = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(path, backup)
+                warnings.warn(f"autogemm: {exc}; kept it as {backup}", stacklevel=2)
+        key = (record["dtype"], list(record["shape"]), record["threads"])
+        entries = [e for e in entries if (e["dtype"], e["shape"], e["threads"]) != key] + [record]
+        entries.sort(key=lambda e: (e["dtype"], e["threads"], e["shape"]))
+        data = {"schema": SCHEMA, "machine_id": machine_id, "machine": machine, "entries": entries,
+                "sha256": entries_hash(entries)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return path

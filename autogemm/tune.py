@@ -1,0 +1,110 @@
+"""`autogemm tune`: search each problem, re-measure the best few beside numpy, save the winner."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+from tqdm import tqdm
+
+from . import __version__, api, bench, machine, search, store
+from .evaluate import Worker
+from .peak import measure_peak
+
+DEFAULT_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (4096, 768, 768)]
+
+
+@dataclass
+class TuneResult:
+    record: dict
+    path: object
+    outcome: search.Outcome
+
+
+def _progress_bar(total: int | None, desc: str, enabled: bool):
+    bar = tqdm(total=total, desc=desc, unit="trial", disable=not enabled, leave=True, dynamic_ncols=True)
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            return
+        bar.update(1)
+        try:
+            bar.set_postfix(best=f"{study.best_value:.1f} GFLOP/s", last=trial.user_attrs.get("status", "pruned"))
+        except ValueError:  # no completed trial yet
+            pass
+
+    return bar, callback
+
+
+def versions(host: machine.Machine) -> dict:
+    return {"autogemm": __version__, "numpy": np.__version__, "optuna": optuna.__version__,
+            "python": platform.python_version(), "compiler": host.compiler.banner}
+
+
+def tune_shape(dtype: str, shape, threads: int, *, worker: Worker, storage: str | None, sampler: str,
+               trials: int | None, timeout: float | None, seed: int | None, top_k: int, tuned_dir,
+               progress: bool) -> TuneResult:
+    host = machine.detect()
+    label = f"{dtype} {'x'.join(map(str, shape))} t{threads}"
+    bar, callback = _progress_bar(trials, label, progress)
+    try:
+        study, outcome = search.run_search(host, dtype, shape, threads, worker.run, storage=storage, sampler=sampler,
+                                           trials=trials, timeout=timeout, seed=seed, progress=callback)
+    finally:
+        bar.close()
+    finalists = search.top_candidates(study, host, dtype, top_k)
+    if not finalists:
+        raise RuntimeError(f"{label}: no candidate passed ({outcome.statuses}); see `autogemm list`")
+    # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
+    peak = measure_peak(dtype, threads)
+    names = {f"#{rank}": (params, run_threads) for rank, (params, run_threads, _) in enumerate(finalists, 1)}
+    rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, shape, threads, rounds=5, peak=peak,
+                         kernel_threads={name: t for name, (_, t) in names.items()})
+    numpy_row = next(r for r in rows if r.impl == "numpy")
+    best_row = max((r for r in rows if r.impl != "numpy"), key=lambda r: r.gflops["median"])
+    best_params, best_threads = names[best_row.impl]
+    record = {
+        "dtype": dtype,
+        "shape": list(shape),
+        "threads": threads,
+        "params": best_params.to_dict(),
+        "gflops": best_row.gflops,
+        "numpy_gflops": numpy_row.gflops["median"],
+        "vs_numpy": best_row.gflops["median"] / numpy_row.gflops["median"],
+        "pct_peak": best_row.pct_peak,
+        "peak_gflops": peak,
+        "versions": versions(host),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tuning": {"trials": outcome.trials, "statuses": outcome.statuses, "seconds": round(outcome.seconds, 1),
+                   "seconds_to_within_3pct": outcome.seconds_to_within_3pct, "sampler": sampler,
+                   "run_threads": best_threads, "search_best_gflops": outcome.best_gflops},
+    }
+    path = store.save(host.describe(), record, store.tuned_dir(tuned_dir))
+    return TuneResult(record, path, outcome)
+
+
+def tune(dtype: str = "float32", shapes=None, threads: int | None = None, *, trials: int | None = 40,
+         timeout: float | None = None, sampler: str = "tpe", storage: str | None = None, tuned_dir=None,
+         seed: int | None = None, top_k: int = 3, candidate_timeout: float = 120.0, progress: bool = True,
+         evaluate_function: str = "autogemm.evaluate:evaluate") -> list[TuneResult]:
+    """Tunes `dtype` for each shape on this machine and saves the winners in tuned/<machine-id>.json.
+
+    Interrupted runs resume: the Optuna study keeps every finished trial. `trials` counts the
+    study's finished trials; `timeout` bounds the search time of each shape, in seconds.
+
+    Example:
+        >>> results = tune("float32", [(256, 256, 256)], trials=5, progress=False)  # doctest: +SKIP
+    """
+    from .kernel import resolve_threads
+
+    threads = resolve_threads(threads)
+    results = []
+    with Worker(timeout=candidate_timeout, function=evaluate_function) as worker:
+        for shape in shapes or DEFAULT_SHAPES:
+            results.append(tune_shape(dtype, tuple(shape), threads, worker=worker, storage=storage, sampler=sampler,
+                                      trials=trials, timeout=timeout, seed=seed, top_k=top_k, tuned_dir=tuned_dir,
+                                      progress=progress))
+    return results
