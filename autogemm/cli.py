@@ -107,9 +107,9 @@ def _threads_list(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise SystemExit(f"autogemm: --threads takes a comma-separated list of integers, got {text!r}")
+        raise ValueError(f"--threads takes a comma-separated list of integers, got {text!r}") from None
     if not values or min(values) < 1:
-        raise SystemExit("autogemm: --threads values must be positive")
+        raise ValueError("--threads values must be positive")
     return values
 
 
@@ -117,7 +117,7 @@ def _shapes(args) -> list[tuple[int, int, int]]:
     shapes = [bench.parse_shape(s) for s in args.shape or []]
     for suite in (args.suite.split(",") if args.suite else []):
         if suite not in bench.SUITES:
-            raise SystemExit(f"autogemm: unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
+            raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
         shapes += bench.SUITES[suite]
     return shapes or bench.SUITES["quick"]
 

@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from autogemm import machine
+from autogemm.cli import main
+
+
+def test_info_json(tmp_path):
+    out = tmp_path / "info.json"
+    assert main(["info", "--json", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert info["machine_id"] == machine.detect().machine_id
+    assert set(info["default_kernels"]) == {"float32", "float64"}
+
+
+def test_bench_reports_kernel_beside_numpy(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shape", "96x64x80", "--threads", "1", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    impls = {row["impl"] for row in report["rows"]}
+    assert {"default", "numpy"} <= impls
+    default = next(r for r in report["rows"] if r["impl"] == "default")
+    assert default["gflops"]["median"] > 0 and default["vs_numpy"] > 0 and default["pct_peak"] > 0
+    assert report["blas"]
+
+
+def test_list_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOGEMM_DATA_DIR", str(tmp_path))
+    out = tmp_path / "list.json"
+    assert main(["list", "--json", str(out), "--tuned-dir", str(tmp_path / "none")]) == 0
+    assert json.loads(out.read_text())["tuned"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--shape", "12xfoo"], "not MxNxK"),
+    (["bench", "--threads", "0"], "positive"),
+    (["bench", "--suite", "nope"], "unknown suite"),
+    (["tune", "--shape", "0x5x5"], "positive sizes"),
+])
+def test_bad_input_gets_a_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

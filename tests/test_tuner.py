@@ -1,0 +1,252 @@
+"""The tuner: isolation of bad candidates, resume, tuned files, and the search logic."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import optuna
+import pytest
+
+from autogemm import analytic, api, machine, search, store
+from autogemm.evaluate import CORRECTNESS, CRASH, OK, TIMEOUT, Request, Result, Worker
+from autogemm.params import KernelParams
+
+HOST = machine.detect()
+
+
+def small_params(mr):
+    vw = analytic.portable_vector_width(HOST, "float32")
+    return KernelParams("float32", "portable", mr=mr, nr=vw, vw=vw, ku=2, mc=4 * mr, kc=32, nc=4 * vw).to_dict()
+
+
+def test_worker_survives_crash_and_hang_and_restarts():
+    with Worker(timeout=10, function="faulty_eval:evaluate") as worker:
+        crashed = worker.run(Request(small_params(2), (32, 32, 32), 1))
+        assert crashed.status == CRASH and "signal 11" in crashed.message
+        worker.timeout = 3
+        hung = worker.run(Request(small_params(3), (32, 32, 32), 1))
+        assert hung.status == TIMEOUT
+        worker.timeout = 120
+        fine = worker.run(Request(small_params(4), (48, 40, 36), 1))
+        assert fine.status == OK and fine.gflops["median"] > 0
+        assert worker.restarts == 2
+
+
+def test_compile_failure_is_a_status_and_keeps_the_source(monkeypatch, tmp_path):
+    from autogemm import evaluate, toolchain
+
+    def broken_build(params):
+        path = tmp_path / "kept.c"
+        path.write_text("broken")
+        raise toolchain.CompileError("cc failed", path)
+
+    monkeypatch.setattr(api, "build", broken_build)
+    result = evaluate.evaluate(Request(small_params(4), (8, 8, 8), 1))
+    assert result.status == "compile" and result.source_path.endswith("kept.c")
+
+
+def test_wrong_results_are_caught_before_timing(monkeypatch):
+    from autogemm import evaluate
+
+    real = api.build
+
+    def sabotaged(params):
+        kernel = real(params)
+
+        class Wrong:
+            def __init__(self):
+                self.params = kernel.params
+
+            def gemm(self, a, b, c, **kw):
+                kernel.gemm(a, b, c, **kw)
+                c[0, 0] += 1.0
+
+        return Wrong()
+
+    monkeypatch.setattr(api, "build", sabotaged)
+    result = evaluate.evaluate(Request(small_params(4), (8, 8, 8), 1))
+    assert result.status == CORRECTNESS
+
+
+def test_study_goes_on_past_crashes_and_hangs(tmp_path):
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    requested = []
+
+    with Worker(timeout=3, function="faulty_eval:evaluate") as worker:
+        def evaluator(request):
+            requested.append(request.params["mr"])
+            return worker.run(request)
+
+        study = optuna.create_study(study_name="x", storage=storage, direction="maximize")
+        for mr in (2, 3, 4):  # a crash, a hang, then a good one
+            study.enqueue_trial({"isa": "portable", "mr": mr, "nv": 1, "ku": 2, "kc": 64, "mc": 48, "nc": 512,
+                                 "parallel": "ic", "prefetch": 0, "threads": 1})
+        study, outcome = _search(storage, evaluator, trials=3, sampler="random", study=study, shape=(40, 40, 40))
+    assert requested[:3] == [2, 3, 4]
+    assert outcome.statuses[CRASH] == 1 and outcome.statuses[TIMEOUT] == 1 and outcome.statuses[OK] >= 1
+    assert outcome.best_gflops > 0
+
+
+def _search(storage, evaluator, trials, sampler="tpe", seed=0, study=None, shape=(64, 64, 64)):
+    if study is not None:  # a pre-seeded study of the same name as run_search uses
+        name = search.study_name(HOST, "float32", shape, 1)
+        optuna.copy_study(from_study_name=study.study_name, from_storage=storage, to_storage=storage,
+                          to_study_name=name)
+    return search.run_search(HOST, "float32", shape, 1, evaluator, storage=storage, sampler=sampler,
+                             trials=trials, seed=seed)
+
+
+def recorded(request):
+    """Recorded timings: a smooth function of the parameters with one best region."""
+    p = request.params
+    score = 100 - 3 * abs(p["mr"] - 6) - 20 * abs(p["nr"] // p["vw"] - 2) - abs(p["kc"] - 256) / 16
+    return Result(OK, {"median": float(score), "p20": score - 1.0, "p80": score + 1.0})
+
+
+def test_search_is_deterministic_on_recorded_timings(tmp_path):
+    results = []
+    for run in range(2):
+        calls = []
+
+        def evaluator(request):
+            p = request.params
+            assert p["mr"] * (p["nr"] // p["vw"]) + p["nr"] // p["vw"] + 1 <= analytic.register_budget(HOST, p["isa"])
+            calls.append(request)
+            return recorded(request)
+
+        _, outcome = _search(f"sqlite:///{tmp_path / f'r{run}.db'}", evaluator, trials=25)
+        results.append((outcome.best_params, outcome.best_gflops, [c.params for c in calls]))
+        assert outcome.best_gflops == max(recorded(c).gflops["median"] for c in calls)
+    assert results[0] == results[1]
+    assert results[0][1] > recorded(Request(analytic.default_params(HOST, "float32").to_dict(), (1, 1, 1), 1)).gflops["median"] - 1e-9
+
+
+def test_first_trial_is_the_analytic_default(tmp_path):
+    seen = []
+    _search(f"sqlite:///{tmp_path / 'd.db'}", lambda r: seen.append(r) or recorded(r), trials=1)
+    default = analytic.default_params(HOST, "float32")
+    first = seen[0].params
+    assert (first["isa"], first["mr"], first["nr"], first["ku"]) == (default.isa, default.mr, default.nr, default.ku)
+
+
+def test_interrupted_search_resumes_without_losing_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'resume.db'}"
+    calls = []
+
+    def interrupting(request):
+        calls.append(request)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return recorded(request)
+
+    with pytest.raises(KeyboardInterrupt):
+        _search(storage, interrupting, trials=10)
+    study = optuna.load_study(study_name=search.study_name(HOST, "float32", (64, 64, 64), 1), storage=storage)
+    done_before = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done_before) >= 3
+    resumed = []
+    study, outcome = _search(storage, lambda r: resumed.append(r) or recorded(r), trials=10)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 10
+    assert {t.number for t in done_before} <= {t.number for t in complete}
+    assert len(resumed) <= 10 - len(done_before)
+
+
+def test_every_sampler_runs(tmp_path):
+    for name in search.SAMPLERS:
+        _, outcome = _search(f"sqlite:///{tmp_path / f'{name}.db'}", recorded, trials=4, sampler=name)
+        assert outcome.best_params is not None, name
+
+
+def _record(params, shape=(256, 256, 256), threads=2):
+    return {"dtype": params.dtype, "shape": list(shape), "threads": threads, "params": params.to_dict(),
+            "gflops": {"median": 10.0, "p20": 9.0, "p80": 11.0}, "numpy_gflops": 9.0, "vs_numpy": 1.1,
+            "pct_peak": 50.0, "peak_gflops": 20.0, "versions": {}, "date": "2026-01-01",
+            "tuning": {"run_threads": 1}}
+
+
+def test_tuned_file_round_trip_and_nearest_shape(tmp_path):
+    base = analytic.default_params(HOST, "float32")
+    small, large = base.replace(ku=1), base.replace(ku=2)
+    store.save(HOST.describe(), _record(small, (256, 256, 256)), tmp_path)
+    path = store.save(HOST.describe(), _record(large, (2048, 2048, 2048)), tmp_path)
+    entries = store.read(path, HOST.machine_id)
+    assert {e.params for e in entries} == {small, large}
+    assert store.nearest(entries, "float32", (300, 200, 256), 2).params == small
+    assert store.nearest(entries, "float32", (4096, 1024, 2048), 2).params == large
+    assert store.nearest(entries, "float64", (300, 200, 256), 2) is None
+    kernel = api.load("float32", shape=(200, 200, 200), tuned_dir=tmp_path)
+    assert kernel.params == small and kernel.tuned["shape"] == [256, 256, 256] and kernel.default_threads == 1
+
+
+def test_tuned_kernel_is_loaded_in_a_new_process(tmp_path):
+    params = analytic.default_params(HOST, "float32").replace(ku=2, prefetch=4)
+    store.save(HOST.describe(), _record(params), tmp_path)
+    code = "import autogemm; print(autogemm.load('float32', shape=(256, 256, 256)).params.name)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "AUTOGEMM_TUNED_DIR": str(tmp_path)})
+    assert out.stdout.strip() == params.name
+
+
+def test_another_machines_file_is_never_used(tmp_path):
+    params = analytic.default_params(HOST, "float32").replace(ku=2)
+    other = {**HOST.describe(), "machine_id": "someone-elses-cpu"}
+    store.save(other, _record(params), tmp_path)
+    assert api.load("float32", tuned_dir=tmp_path).tuned is None
+    # The same content renamed to this machine's file name is refused too.
+    (tmp_path / "someone-elses-cpu.json").rename(store.path_for(HOST.machine_id, tmp_path))
+    with pytest.warns(UserWarning, match="someone-elses-cpu"):
+        assert store.find_entries(HOST.machine_id, tmp_path) == []
+
+
+def test_corrupt_or_tampered_files_get_clear_errors_and_are_backed_up(tmp_path):
+    path = store.path_for(HOST.machine_id, tmp_path)
+    path.write_text("{ not json")
+    with pytest.raises(store.TunedFileError, match="not readable JSON"):
+        store.read(path, HOST.machine_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        store.save(HOST.describe(), _record(analytic.default_params(HOST, "float32")), tmp_path)
+    backups = list(tmp_path.glob(f"{path.name}.corrupt-*"))
+    assert len(backups) == 1 and backups[0].read_text() == "{ not json"
+    data = json.loads(path.read_text())
+    data["entries"][0]["params"]["kc"] = 999  # edited by hand: the hash no longer matches
+    path.write_text(json.dumps(data))
+    with pytest.raises(store.TunedFileError, match="sha256"):
+        store.read(path, HOST.machine_id)
+    data["schema"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(store.TunedFileError, match="schema 99"):
+        store.read(path, HOST.machine_id)
+
+
+def test_crafted_params_cannot_inject_c(tmp_path):
+    record = _record(analytic.default_params(HOST, "float32"))
+    record["params"]["isa"] = 'avx512"\n#include "/etc/passwd'
+    entries = [record]
+    data = {"schema": store.SCHEMA, "machine_id": HOST.machine_id, "machine": {}, "entries": entries,
+            "sha256": store.entries_hash(entries)}
+    path = store.path_for(HOST.machine_id, tmp_path)
+    path.write_text(json.dumps(data))
+    with pytest.raises(store.TunedFileError, match="invalid params"):
+        store.read(path, HOST.machine_id)
+    with pytest.warns(UserWarning):
+        assert api.load("float32", tuned_dir=tmp_path).tuned is None
+
+
+def test_end_to_end_tune_on_a_tiny_budget(tmp_path, monkeypatch):
+    from autogemm.cli import main
+
+    monkeypatch.setenv("AUTOGEMM_DATA_DIR", str(tmp_path / "data"))
+    args = ["tune", "--shape", "96x80x64", "--trials", "3", "--timeout", "120", "--threads", "1",
+            "--tuned-dir", str(tmp_path / "tuned"), "--seed", "1", "--top-k", "2"]
+    assert main(args) == 0
+    entries = store.find_entries(HOST.machine_id, tmp_path / "tuned")
+    assert len(entries) == 1 and entries[0].shape == (96, 80, 64)
+    record = entries[0].record
+    assert record["gflops"]["median"] > 0 and record["numpy_gflops"] > 0 and record["tuning"]["trials"] >= 3
+    assert main(args) == 0  # resume: the study already holds its trials, nothing is lost
+    study = optuna.load_study(study_name=search.study_name(HOST, "float32", (96, 80, 64), 1),
+                              storage=search.default_storage())
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
