@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-import math
-
 from .machine import Machine
 from .params import KU_CHOICES, REGISTER_BUDGET, KernelParams, itemsize, registers_needed, vector_widths
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
-FMA_LATENCY, FMA_PIPES, LOAD_PORTS = 4, 2, 2
+FMA_LATENCY, FMA_PIPES = 4, 2
+#: NR at most four vectors: a C tile row of at most four cache lines (float32 AVX-512), and
+#: bounded waste at the right edge of matrices whose N is not a multiple of NR.
+MAX_NR_VECTORS = 4
 
 
 def register_budget(machine: Machine, isa: str) -> int:
@@ -26,37 +27,40 @@ def portable_vector_width(machine: Machine, dtype: str) -> int:
 
 
 def register_tile(budget: int, vw: int) -> tuple[int, int]:
-    """MR x NR: enough independent accumulators to cover FMA latency x pipes, loads no slower than
-    FMAs, then the most accumulators the register file holds, then the most flops per load."""
+    """MR x NR: enough independent accumulators to cover FMA latency x pipes, then the most FMAs
+    per load (MR broadcasts and NR/VW vector loads feed MR * NR/VW FMAs each k), then the most
+    accumulators the register file holds."""
     best, best_key = (1, vw), None
-    for nv in range(1, 9):
+    for nv in range(1, MAX_NR_VECTORS + 1):
         for mr in range(1, 33):
             if registers_needed(mr, nv * vw, vw) > budget:
                 break
             accumulators = mr * nv
             if accumulators < FMA_LATENCY * FMA_PIPES:
                 continue
-            if (mr + nv) / LOAD_PORTS > accumulators / FMA_PIPES:
-                continue
-            key = (accumulators, accumulators / (mr + nv))
+            key = (round(accumulators / (mr + nv), 2), accumulators)
             if best_key is None or key > best_key:
                 best, best_key = (mr, nv * vw), key
     return best
 
 
 def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str) -> tuple[int, int, int]:
-    """KC so an A micro-panel streams through L1 beside the resident B micro-panel; MC so the
-    packed A block fills most of L2; NC so the packed B panel fits in a share of L3."""
+    """KC, MC, NC from the caches.
+
+    Low et al. size KC so the B micro-panel (KC x NR) stays in L1. With NR four vectors wide that
+    leaves KC under 100, too short to amortise the C tile's load and store; so KC instead lets the
+    B micro-panel take a quarter of L2 (capped at 384) and the streaming prefetchers feed L1. MC
+    makes the packed A block fill the L2 ways that B and C leave free; NC sizes the packed B panel
+    to half of L3.
+    """
     size = itemsize(dtype)
-    l1, l2, l3 = machine.caches[1], machine.caches[2], machine.caches[3]
-    ways_a = max(1, math.floor((l1.ways - 1) / (1 + nr / mr)))
-    kc = ways_a * l1.sets * l1.line // (mr * size)
-    kc = max(64, min(1024, kc // 16 * 16))
-    ways_a2 = max(1, l2.ways - 2)
-    mc = ways_a2 * l2.sets * l2.line // (kc * size)
+    l2, l3 = machine.caches[2], machine.caches[3]
+    kc = l2.size // 4 // (nr * size)
+    kc = max(64, min(384, kc // 16 * 16))
+    ways_a = max(1, l2.ways - 2)
+    mc = ways_a * l2.sets * l2.line // 2 // (kc * size)
     mc = max(mr, min(4096, mc) // mr * mr)
-    share_l3 = l3.size // 2
-    nc = share_l3 // (kc * size)
+    nc = l3.size // 2 // (kc * size)
     nc = max(nr, min(8192, nc) // nr * nr)
     return mc, kc, nc
 

@@ -20,7 +20,7 @@ KC_CHOICES = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
 MC_CHOICES = (48, 96, 192, 288, 384, 576, 768, 1024, 1536)
 NC_CHOICES = (512, 1024, 2048, 4096, 8192)
 PREFETCH_CHOICES = (0, 2, 4, 8, 16)
-MAX_MR, MAX_NV = 16, 4
+MAX_MR, MAX_NV = 16, analytic.MAX_NR_VECTORS
 
 
 def default_storage() -> str:
@@ -125,7 +125,11 @@ def run_search(machine: Machine, dtype: str, shape, threads: int, evaluator, *, 
         load_if_exists=True,
     )
     if not study.trials and sampler != "grid":
-        study.enqueue_trial(choices_from_params(analytic.default_params(machine, dtype), threads))
+        # Warm start: the analytic default first, then its nearest neighbours along the axes
+        # that most often matter (prefetch, KC, the parallel loop).
+        default = choices_from_params(analytic.default_params(machine, dtype), threads)
+        for change in ({}, {"prefetch": 8}, {"kc": 256}, {"parallel": "jr"}):
+            study.enqueue_trial({**default, **change}, skip_if_exists=True)
     seen = {t.user_attrs["kernel"]: t.value for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE and "kernel" in t.user_attrs}
 

