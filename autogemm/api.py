@@ -92,6 +92,41 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None) -> n
     return load(computed_dtype(a, b).name, shape=shape, threads=threads)(a, b, out=out, threads=threads)
 
 
+def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
+         trans_b: bool = False, bias=None, threads: int | None = None) -> np.ndarray:
+    """c := alpha * op(a) @ op(b) + bias + beta * c, op(x) = x.T when its trans flag is set.
+
+    Transposes are handled in packing, without copies; `beta=1` accumulates into `c`; `bias`
+    (length N) is added to every row in the kernel's epilogue. Without `c`, a new array is
+    returned (beta must then be 0). The kernel is this machine's tuned entry nearest to the shape.
+
+    Example:
+        >>> x, w, bias = np.ones((4, 3)), np.ones((5, 3)), np.arange(5.0)
+        >>> gemm(x, w, trans_b=True, bias=bias)[0].tolist()   # a Linear layer: x @ w.T + bias
+        [3.0, 4.0, 5.0, 6.0, 7.0]
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"gemm takes 2-D operands, got {a.ndim}-D and {b.ndim}-D")
+    op_a = a.T if trans_a else a
+    op_b = b.T if trans_b else b
+    (m, k), (k2, n) = op_a.shape, op_b.shape
+    if k != k2:
+        raise ValueError(f"gemm: op(a) is {m}x{k} but op(b) is {k2}x{n}")
+    dtype = computed_dtype(a, b)
+    if c is None:
+        if beta != 0:
+            raise ValueError("gemm: beta != 0 needs c")
+        c = np.empty((m, n), dtype)
+    elif not isinstance(c, np.ndarray) or c.shape != (m, n):
+        raise ValueError(f"gemm: c must be an array of shape {(m, n)}")
+    elif c.dtype != dtype:
+        raise TypeError(f"gemm: c has dtype {c.dtype}; the operands compute {dtype}")
+    kernel = load(dtype.name, shape=(m, n, k), threads=threads)
+    return kernel.gemm(op_a.astype(dtype, copy=False), op_b.astype(dtype, copy=False), c, alpha=alpha, beta=beta,
+                       bias=bias, threads=threads)
+
+
 def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) -> list[Path]:
     """Writes standalone `autogemm_sgemm.c/.h` (or `autogemm_dgemm.*`) with the parameters baked in.
 

@@ -14,9 +14,9 @@ from .params import DTYPES, KernelParams
 _CDEF = """
 int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
     const {t} *a, ptrdiff_t rsa, ptrdiff_t csa, const {t} *b, ptrdiff_t rsb, ptrdiff_t csb,
-    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, int nthreads);
-int autogemm_{p}gemm_bench(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const {t} *a, const {t} *b,
-    {t} *c, int nthreads, int warmup, int reps, double *seconds);
+    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, const {t} *bias, int nthreads);
+int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+    const {t} *a, const {t} *b, {t} beta, {t} *c, int nthreads, int warmup, int reps, double *seconds);
 """
 
 
@@ -90,10 +90,12 @@ class Kernel:
         return x
 
     def gemm(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, *, alpha: float = 1.0,
-             beta: float = 0.0, threads: int | None = None) -> np.ndarray:
-        """c := alpha * a @ b + beta * c on 2-D arrays of this kernel's dtype, in place.
+             beta: float = 0.0, bias: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        """c := alpha * a @ b + bias + beta * c on 2-D arrays of this kernel's dtype, in place.
 
-        Any strides work, transposed and negative ones included. With beta == 0, c is not read.
+        Any strides work, transposed and negative ones included, so a transposed operand is just a
+        transposed view. `bias` (length n) is added to every row in the kernel's epilogue. With
+        beta == 0, c is not read.
         """
         for name, x in (("a", a), ("b", b), ("c", c)):
             if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -105,6 +107,12 @@ class Kernel:
             raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {c.shape} do not match")
         if not c.flags.writeable:
             raise ValueError("gemm: output array is read-only")
+        bias_pointer = self._ffi.NULL
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=self.dtype)
+            if bias.shape != (n,):
+                raise ValueError(f"gemm: bias has shape {bias.shape}; expected ({n},)")
+            bias_pointer = self._pointer(bias)
         nthreads = resolve_threads(threads, self.default_threads)
         a, b = self._usable(a), self._usable(b)
         target = c
@@ -115,7 +123,7 @@ class Kernel:
         rsb, csb = _element_strides(b)
         rsc, csc = _element_strides(target)
         status = self._strided(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, csb,
-                               beta, self._pointer(target), rsc, csc, nthreads)
+                               beta, self._pointer(target), rsc, csc, bias_pointer, nthreads)
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
         if target is not c:
@@ -162,15 +170,23 @@ class Kernel:
             self.gemm(a_full[index], b_full[index], out2[index], threads=threads)
         return out
 
-    def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5) -> np.ndarray:
-        """Seconds of each of `reps` timed calls of a @ b, timed inside C after `warmup` calls."""
+    def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5,
+              trans_a: bool = False, trans_b: bool = False, beta: float = 0.0,
+              c: np.ndarray | None = None) -> np.ndarray:
+        """Seconds of each of `reps` timed calls of c = op(a) @ op(b) + beta * c, timed inside C after
+        `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a."""
         a = np.ascontiguousarray(a, self.dtype)
         b = np.ascontiguousarray(b, self.dtype)
-        (m, k), (_, n) = a.shape, b.shape
-        c = np.empty((m, n), self.dtype)
+        m, k = a.shape[::-1] if trans_a else a.shape
+        n = b.shape[0] if trans_b else b.shape[1]
+        if c is None:
+            c = np.zeros((m, n), self.dtype)
+        if c.shape != (m, n) or c.dtype != self.dtype or not c.flags.c_contiguous:
+            raise ValueError("bench: c must be a C-contiguous m x n array of the kernel's dtype")
         seconds = np.zeros(reps, np.float64)
-        status = self._bench(m, n, k, self._pointer(a), self._pointer(b), self._pointer(c),
-                             resolve_threads(threads), warmup, reps, self._ffi.cast("double *", seconds.ctypes.data))
+        status = self._bench(int(trans_a), int(trans_b), m, n, k, self._pointer(a), self._pointer(b), beta,
+                             self._pointer(c), resolve_threads(threads), warmup, reps,
+                             self._ffi.cast("double *", seconds.ctypes.data))
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
         return seconds

@@ -49,6 +49,10 @@ def program(request, tmp_path_factory):
     (directory / "driver.c").write_text(f"#define T {ctype}\n" + DRIVER % {"p": letter})
     cc = machine.detect().compiler
     flags = ["-O3", *cc.arch_flags, *cc.openmp_flags]
+    # The header must agree with the definitions: compile the source with its header included first.
+    (directory / "check_header.c").write_text(f'#include "autogemm_{letter}gemm.h"\n#include "autogemm_{letter}gemm.c"\n')
+    subprocess.run([*cc.command, *flags, "-Werror=implicit-function-declaration", "-c", "check_header.c", "-o",
+                    "check_header.o"], check=True, cwd=directory)
     for src in (written[0], directory / "driver.c"):
         subprocess.run([*cc.command, *flags, "-c", str(src), "-o", str(src.with_suffix(".o"))], check=True,
                        cwd=directory)
