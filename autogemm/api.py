@@ -54,11 +54,12 @@ def tuned_entries(tuned_dir=None) -> list:
 
 
 def load(dtype="float32", *, params: KernelParams | None = None, shape=None, threads: int | None = None,
-         tuned_dir=None) -> Kernel:
+         layout: str | None = None, beta: float | None = None, tuned_dir=None) -> Kernel:
     """The kernel to use for `dtype` on this machine.
 
-    `params` if given; else this machine's tuned entry nearest to `shape` (M, N, K) and `threads`;
-    else the analytic default. Tuned files of other machines are never used.
+    `params` if given; else this machine's tuned entry nearest to `shape` (M, N, K), `threads`,
+    `layout` ("nn", "nt", "tn", "tt") and `beta`; else the analytic default. Tuned files of other
+    machines are never used.
 
     Example:
         >>> k = load("float64")
@@ -70,7 +71,7 @@ def load(dtype="float32", *, params: KernelParams | None = None, shape=None, thr
         if params.dtype != dtype:
             raise ValueError(f"params are for {params.dtype}, not {dtype}")
         return build(params)
-    entry = store.nearest(tuned_entries(tuned_dir), dtype, shape, threads)
+    entry = store.nearest(tuned_entries(tuned_dir), dtype, shape, threads, layout, beta)
     if entry is None:
         return build(analytic.default_params(machine.detect(), dtype))
     kernel = copy.copy(build(entry.params))
@@ -122,7 +123,8 @@ def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float =
         raise ValueError(f"gemm: c must be an array of shape {(m, n)}")
     elif c.dtype != dtype:
         raise TypeError(f"gemm: c has dtype {c.dtype}; the operands compute {dtype}")
-    kernel = load(dtype.name, shape=(m, n, k), threads=threads)
+    layout = ("t" if trans_a else "n") + ("t" if trans_b else "n")
+    kernel = load(dtype.name, shape=(m, n, k), threads=threads, layout=layout, beta=1.0 if beta else 0.0)
     return kernel.gemm(op_a.astype(dtype, copy=False), op_b.astype(dtype, copy=False), c, alpha=alpha, beta=beta,
                        bias=bias, threads=threads)
 
@@ -140,6 +142,38 @@ def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) 
     written = []
     for suffix, text in ((".c", render.render_gemm(params)), (".h", render.render_header(dtype, params.name))):
         path = directory / f"{stem}{suffix}"
+        path.write_text(text)
+        written.append(path)
+    return written
+
+
+def export_workload(spec: str, out_dir=".", *, tokens: int = 256, dtype="float32", tuned_dir=None) -> list[Path]:
+    """Writes one C file (and header) with a kernel for every GEMM of a workload, a dispatcher, and,
+    for float32, llm.c's `matmul_forward` / `matmul_backward` entry points.
+
+    Each GEMM gets this machine's tuned entry nearest to it, or the analytic default.
+    """
+    import re
+
+    from . import workload
+
+    dtype = _check_dtype(dtype)
+    problems = workload.distinct(workload.load(spec, tokens))
+    kernels: list[KernelParams] = []
+    table = []
+    for p in problems:
+        params = load(dtype, shape=p.shape, layout=p.layout, beta=p.beta, tuned_dir=tuned_dir).params
+        if params not in kernels:
+            kernels.append(params)
+        table.append({"m": p.m, "n": p.n, "k": p.k, "trans_a": int(p.trans_a), "trans_b": int(p.trans_b),
+                      "kernel": kernels.index(params), "label": p.label()})
+    name = re.sub(r"[^A-Za-z0-9]+", "_", Path(spec).stem if spec not in workload.BUILTIN else spec).strip("_").lower()
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, text in ((".c", render.render_workload(name, dtype, kernels, table)),
+                         (".h", render.render_workload_header(name, dtype, table))):
+        path = directory / f"autogemm_{name}{suffix}"
         path.write_text(text)
         written.append(path)
     return written

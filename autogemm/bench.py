@@ -10,6 +10,7 @@ import threadpoolctl
 
 from .kernel import Kernel
 from .peak import measure_peak
+from .workload import Problem
 
 SUITES = {
     "square": [(n, n, n) for n in (256, 512, 1024, 2048, 4096)],
@@ -47,11 +48,32 @@ def openblas_coretype() -> str:
 SETTLE_AFTER = {"numpy": 0.15, "kernel": 0.01}
 
 
-def time_numpy(a: np.ndarray, b: np.ndarray, threads: int) -> float:
-    out = np.empty((a.shape[0], b.shape[1]), a.dtype)
+def operands(problem: Problem, dtype, rng) -> tuple:
+    """Stored (row-major) A and B, an initial C and a bias for `problem`, random and never zero."""
+    m, n, k = problem.shape
+    a = rng.standard_normal((k, m) if problem.trans_a else (m, k), dtype=np.float32).astype(dtype)
+    b = rng.standard_normal((n, k) if problem.trans_b else (k, n), dtype=np.float32).astype(dtype)
+    c = rng.standard_normal((m, n), dtype=np.float32).astype(dtype)
+    bias = rng.standard_normal(n, dtype=np.float32).astype(dtype) if problem.bias else None
+    return a, b, c, bias
+
+
+def numpy_gemm(problem: Problem, a, b, c, bias) -> None:
+    """The same GEMM the numpy way: transposed views, `+=` to accumulate, a broadcast bias add."""
+    op_a = a.T if problem.trans_a else a
+    op_b = b.T if problem.trans_b else b
+    if problem.beta:
+        c += op_a @ op_b
+    else:
+        np.matmul(op_a, op_b, out=c)
+    if bias is not None:
+        c += bias
+
+
+def time_numpy(problem: Problem, a, b, c, bias, threads: int) -> float:
     with threadpoolctl.threadpool_limits(threads, user_api="blas"):
         start = time.perf_counter()
-        np.matmul(a, b, out=out)
+        numpy_gemm(problem, a, b, c, bias)
         return time.perf_counter() - start
 
 
@@ -84,29 +106,31 @@ def _burst(call, reps: int, warm_seconds: float) -> list[float]:
 def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
             numpy: bool = True, peak: float | None = None, seed: int = 0,
             kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02) -> list[Row]:
-    """Times each kernel (and numpy) on one shape, interleaved round by round (A B numpy A B
+    """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy A B
     numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
 
-    Every implementation runs on `threads` threads unless `kernel_threads` names another count.
+    `shape` is (M, N, K) or a workload Problem (transposes, beta, bias). Every implementation runs
+    on `threads` threads unless `kernel_threads` names another count.
     """
+    problem = shape if isinstance(shape, Problem) else Problem(*shape)
     kernel_threads = kernel_threads or {}
-    m, n, k = shape
     dtype = next(iter(kernels.values())).dtype if kernels else np.dtype("float32")
-    flops = 2.0 * m * n * k
+    flops = 2.0 * problem.m * problem.n * problem.k
     rng = np.random.default_rng(seed)
     timings: dict[str, list[float]] = {name: [] for name in kernels}
     if numpy:
         timings["numpy"] = []
     for _ in range(rounds):
-        a = rng.standard_normal((m, k), dtype=np.float32).astype(dtype)
-        b = rng.standard_normal((k, n), dtype=np.float32).astype(dtype)
+        a, b, c, bias = operands(problem, dtype, rng)
         for name, kernel in kernels.items():
             nthreads = kernel_threads.get(name, threads)
-            seconds = _burst(lambda: float(kernel.bench(a, b, threads=nthreads, warmup=0, reps=1)[0]), reps, warm_seconds)
+            seconds = _burst(lambda: float(kernel.bench(a, b, threads=nthreads, warmup=0, reps=1, trans_a=problem.trans_a,
+                                                        trans_b=problem.trans_b, beta=problem.beta, c=c, bias=bias)[0]),
+                             reps, warm_seconds)
             timings[name] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
-            seconds = _burst(lambda: time_numpy(a, b, threads), reps, warm_seconds)
+            seconds = _burst(lambda: time_numpy(problem, a, b, c, bias, threads), reps, warm_seconds)
             timings["numpy"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["numpy"])
     peak = peak or measure_peak(dtype.name, threads)
@@ -114,7 +138,7 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     rows = []
     for name, values in timings.items():
         s = stats(values)
-        rows.append(Row(tuple(shape), dtype.name, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
+        rows.append(Row(problem.shape, dtype.name, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
                         s["median"] / numpy_median if numpy_median else None))
     return rows
 

@@ -46,11 +46,20 @@ def _entry_line(entry) -> str:
 def cmd_tune(args) -> int:
     from .tune import tune
 
-    shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else None
+    from .tune import tune_workload
+
+    options = dict(sampler=args.sampler, storage=args.storage, tuned_dir=args.tuned_dir, seed=args.seed,
+                   top_k=args.top_k, progress=not args.json)
     try:
-        results = tune(args.dtype, shapes, args.threads, trials=args.trials, timeout=args.timeout or None,
-                       sampler=args.sampler, storage=args.storage, tuned_dir=args.tuned_dir, seed=args.seed,
-                       top_k=args.top_k, progress=not args.json)
+        if args.workload:
+            if args.shape:
+                raise ValueError("give --workload or --shape, not both")
+            results = tune_workload(args.workload, args.tokens, args.dtype, args.threads, trials=args.trials,
+                                    timeout=args.timeout or None, **options)
+        else:
+            shapes = [bench.parse_shape(s) for s in args.shape] if args.shape else None
+            results = tune(args.dtype, shapes, args.threads, trials=args.trials or 40,
+                           timeout=90.0 if args.timeout is None else (args.timeout or None), **options)
     except KeyboardInterrupt:
         print("\nautogemm: interrupted; every finished trial is saved. Run the same command again to resume.",
               file=sys.stderr)
@@ -61,11 +70,12 @@ def cmd_tune(args) -> int:
                      "tuned_file": str(results[-1].path) if results else None}, args.json)
         if args.json == "-":
             return 0
-    print(f"{'shape':>16} {'thr':>3} {'kernel':<52} {'GFLOP/s':>8} {'numpy':>7} {'x numpy':>7} {'%peak':>6} "
+    print(f"{'gemm':>24} {'thr':>3} {'kernel':<52} {'GFLOP/s':>8} {'numpy':>7} {'x numpy':>7} {'%peak':>6} "
           f"{'trials':>6} {'to 3%':>6}")
     for r in records:
         to3 = r["tuning"]["seconds_to_within_3pct"]
-        print(f"{'x'.join(map(str, r['shape'])):>16} {r['tuning']['run_threads']:>3} "
+        gemm = f"{r['layout'].upper()} {'x'.join(map(str, r['shape']))}{' +C' if r['beta'] else ''}"
+        print(f"{gemm:>24} {r['tuning']['run_threads']:>3} "
               f"{KernelParams.from_dict(r['params']).name:<52} {r['gflops']['median']:>8.1f} "
               f"{r['numpy_gflops']:>7.1f} {r['vs_numpy']:>7.3f} {r['pct_peak']:>6.1f} {r['tuning']['trials']:>6} "
               f"{(f'{to3:.0f}s' if to3 is not None else '-'):>6}")
@@ -98,7 +108,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    for path in api.export(args.dtype, args.output):
+    if args.workload:
+        paths = api.export_workload(args.workload, args.output, tokens=args.tokens, dtype=args.dtype,
+                                    tuned_dir=args.tuned_dir)
+    else:
+        paths = api.export(args.dtype, args.output)
+    for path in paths:
         print(path)
     return 0
 
@@ -122,7 +137,40 @@ def _shapes(args) -> list[tuple[int, int, int]]:
     return shapes or bench.SUITES["quick"]
 
 
+def cmd_bench_workload(args) -> int:
+    from . import step, workload
+
+    problems = workload.load(args.workload, args.tokens)
+    reports = []
+    for threads in _threads_list(args.threads):
+        def show(row):
+            if not args.json:
+                calls = "  ".join(f"{k} {v * 1e3:8.2f} ms" for k, v in row["seconds_per_call"].items())
+                print(f"  {row['gemm']:<40} x{row['count']:<3} {calls}", flush=True)
+
+        if not args.json:
+            print(f"{args.workload} tokens={args.tokens} threads={threads}: per call")
+        report = step.bench_step(problems, threads, dtype=args.dtype, rounds=args.rounds, baseline=not args.no_baseline,
+                                 tuned_dir=args.tuned_dir, progress=show)
+        reports.append(report)
+        if not args.json:
+            totals = "  ".join(f"{impl} {s:.3f} s ({report['step_gflops'][impl]:.1f} GFLOP/s)"
+                               for impl, s in report["step_seconds"].items())
+            print(f"step: {report['gemms']} GEMMs, {report['gflop']:.1f} GFLOP: {totals}")
+            speedup = report["speedup_vs_llmc"]
+            print(f"autogemm time / numpy time = {report['autogemm_time_vs_numpy']:.3f}"
+                  + (f"; {speedup:.1f}x faster than the llm.c-style loops" if speedup else ""))
+    if args.json:
+        _print_json({"machine": machine.detect().describe(), "blas": bench.openblas_coretype(),
+                     "workload": args.workload, "tokens": args.tokens, "reports": reports}, args.json)
+    if not args.json or args.json != "-":
+        print(f"numpy: {bench.openblas_coretype()}")
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.workload:
+        return cmd_bench_workload(args)
     default = api.load(args.dtype, params=analytic.default_params(machine.detect(), args.dtype))
     rows, peaks, used = [], {}, {"default": default.params.name}
     for threads in _threads_list(args.threads):
@@ -166,9 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune_ = sub.add_parser("tune", help="search kernels with Optuna and save the best for this machine")
     tune_.add_argument("--dtype", choices=DTYPES, default="float32")
     tune_.add_argument("--shape", action="append", help="MxNxK, repeatable (default: 512^3, 1024^3, 4096x768x768)")
+    tune_.add_argument("--workload", help="tune every GEMM of a workload: gpt2-124m, or a JSON file")
+    tune_.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
     tune_.add_argument("--threads", type=int, help="thread budget (default: $AUTOGEMM_NUM_THREADS or all cores)")
-    tune_.add_argument("--trials", type=int, default=40, help="finished trials per shape, counting resumed ones")
-    tune_.add_argument("--timeout", type=float, default=90.0, help="search seconds per shape (0: no limit)")
+    tune_.add_argument("--trials", type=int, help="measured trials per shape, counting resumed ones (default 40); "
+                       "with --workload, the total shared out by flops (default 10 per distinct GEMM)")
+    tune_.add_argument("--timeout", type=float, help="search seconds per shape (default 90, 0: no limit); "
+                       "with --workload, the total (default: none)")
     tune_.add_argument("--sampler", choices=search.SAMPLERS, default="tpe")
     tune_.add_argument("--storage", help="Optuna storage URL (default: SQLite in the user data directory)")
     tune_.add_argument("--tuned-dir", help="write the tuned file here")
@@ -186,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write standalone C source and header")
     export.add_argument("--dtype", choices=DTYPES, default="float32")
     export.add_argument("-o", "--output", default=".", help="directory to write into")
+    export.add_argument("--workload", help="one file for every GEMM of a workload (gpt2-124m, or a JSON file), "
+                        "with llm.c's matmul_forward/matmul_backward")
+    export.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
+    export.add_argument("--tuned-dir", help="read tuned files from this directory")
     export.set_defaults(func=cmd_export)
 
     bench_ = sub.add_parser("bench", help="autogemm beside numpy: GFLOP/s, %% of peak, ratio")
@@ -194,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)}")
     bench_.add_argument("--threads", default=str(machine.available_cores()), help="comma-separated list")
     bench_.add_argument("--rounds", type=int, default=5, help="interleaved rounds (3 timed calls each)")
+    bench_.add_argument("--workload", help="time every GEMM of a step: gpt2-124m, or a JSON file")
+    bench_.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
+    bench_.add_argument("--no-baseline", action="store_true", help="skip the llm.c-style loops (slow)")
     bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)

@@ -17,14 +17,30 @@ import numpy as np
 OK, COMPILE, CORRECTNESS, CRASH, TIMEOUT, UNSUPPORTED = "ok", "compile", "correctness", "crash", "timeout", "unsupported"
 
 
+#: Largest M or N a candidate is timed at. A bigger GEMM (the 50304-wide GPT-2 head) runs the same
+#: loops over more blocks, so a capped copy ranks candidates alike in a fraction of the time.
+TIMING_CAP = 4096
+
+
 @dataclass(frozen=True)
 class Request:
     params: dict
     shape: tuple
     threads: int
+    trans_a: bool = False
+    trans_b: bool = False
+    beta: float = 0.0
+    bias: bool = False
     rounds: int = 3
     reps: int = 3
     seed: int = 0
+
+    def problem(self):
+        """The GEMM this candidate is timed on: the request's, with M and N capped."""
+        from .workload import Problem
+
+        m, n, k = self.shape
+        return Problem(min(m, TIMING_CAP), min(n, TIMING_CAP), k, self.trans_a, self.trans_b, self.beta, 1, self.bias)
 
 
 @dataclass
@@ -36,25 +52,32 @@ class Result:
     source_path: str | None = None
 
 
-def _verify(kernel, rng) -> str:
-    """Checks an odd shape that exercises every edge, with NaN in C and beta = 0; '' if correct."""
+def _check(kernel, problem, rng, rows: int | None = None) -> str:
+    """Runs `problem` once on fresh data (NaN in C when beta == 0) and checks it, or `rows` random
+    rows of it, against float64; '' if correct, else what is wrong."""
+    from .bench import operands
     from .check import error_ratio
 
-    p = kernel.params
-    m, n, k = 2 * p.mr + 3, 2 * p.nr + 5, p.kc + 7
-    a = rng.uniform(-1, 1, (m, k)).astype(p.dtype)
-    b = rng.uniform(-1, 1, (k, n)).astype(p.dtype)
-    c = np.full((m, n), np.nan, p.dtype)
-    kernel.gemm(a, b, c, threads=2)
-    ratio = error_ratio(c, a, b, dtype=p.dtype)
-    return "" if ratio <= 1 else f"{m}x{n}x{k}: error {ratio:.3g} x the bound"
+    dtype = kernel.params.dtype
+    a, b, c, bias = operands(problem, dtype, rng)
+    if problem.beta == 0:
+        c[...] = np.nan
+    op_a, op_b = (a.T if problem.trans_a else a), (b.T if problem.trans_b else b)
+    before = c.copy()
+    kernel.gemm(op_a, op_b, c, beta=problem.beta, bias=bias, threads=2)
+    picked = np.sort(rng.choice(problem.m, size=min(rows or problem.m, problem.m), replace=False))
+    expected_c = before[picked] if problem.beta else None
+    result = c[picked] - (bias if bias is not None else 0)
+    ratio = error_ratio(result, op_a[picked], op_b, expected_c, 1.0, problem.beta, dtype)
+    return "" if ratio <= 1 else f"{problem.label()}: error {ratio:.3g} x the bound"
 
 
 def evaluate(request: Request) -> Result:
     """Runs in the worker: build, verify on an edge shape and on the timed shape, then time."""
     from . import api, toolchain
-    from .check import error_ratio
+    from .bench import operands
     from .params import InvalidParams, KernelParams
+    from .workload import Problem
 
     steps: dict[str, float] = {}
     start = time.perf_counter()
@@ -69,25 +92,27 @@ def evaluate(request: Request) -> Result:
     steps["compile"] = time.perf_counter() - start
 
     rng = np.random.default_rng(request.seed)
+    problem = request.problem()
     start = time.perf_counter()
-    problem = _verify(kernel, rng)
-    if problem:
-        return Result(CORRECTNESS, message=problem, seconds=steps)
+    edge = Problem(2 * params.mr + 3, 2 * params.nr + 5, params.kc + 7, request.trans_a, request.trans_b,
+                   request.beta, 1, request.bias)
+    problem_found = _check(kernel, edge, rng)
+    if problem_found:
+        return Result(CORRECTNESS, message=problem_found, seconds=steps)
     steps["verify"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    m, n, k = request.shape
-    flops = 2.0 * m * n * k
+    flops = 2.0 * problem.m * problem.n * problem.k
     rates = []
     for round_ in range(request.rounds):
-        a = rng.standard_normal((m, k), dtype=np.float32).astype(params.dtype)
-        b = rng.standard_normal((k, n), dtype=np.float32).astype(params.dtype)
-        seconds = kernel.bench(a, b, threads=request.threads, warmup=1 if round_ == 0 else 0, reps=request.reps)
+        a, b, c, bias = operands(problem, params.dtype, rng)
+        seconds = kernel.bench(a, b, threads=request.threads, warmup=1 if round_ == 0 else 0, reps=request.reps,
+                               trans_a=problem.trans_a, trans_b=problem.trans_b, beta=problem.beta, c=c, bias=bias)
         rates += list(flops / seconds * 1e-9)
     steps["time"] = time.perf_counter() - start
-    c = kernel(a, b, threads=request.threads)
-    if error_ratio(c, a, b, dtype=params.dtype) > 1:
-        return Result(CORRECTNESS, message=f"wrong result at {m}x{n}x{k}", seconds=steps)
+    problem_found = _check(kernel, problem, rng, rows=32)
+    if problem_found:
+        return Result(CORRECTNESS, message=problem_found, seconds=steps)
     p20, median, p80 = np.percentile(rates, [20, 50, 80])
     return Result(OK, {"median": float(median), "p20": float(p20), "p80": float(p80)}, steps)
 

@@ -16,7 +16,8 @@ int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
     const {t} *a, ptrdiff_t rsa, ptrdiff_t csa, const {t} *b, ptrdiff_t rsb, ptrdiff_t csb,
     {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, const {t} *bias, int nthreads);
 int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-    const {t} *a, const {t} *b, {t} beta, {t} *c, int nthreads, int warmup, int reps, double *seconds);
+    const {t} *a, const {t} *b, {t} beta, {t} *c, const {t} *bias, int nthreads, int warmup, int reps,
+    double *seconds);
 """
 
 
@@ -172,9 +173,9 @@ class Kernel:
 
     def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5,
               trans_a: bool = False, trans_b: bool = False, beta: float = 0.0,
-              c: np.ndarray | None = None) -> np.ndarray:
-        """Seconds of each of `reps` timed calls of c = op(a) @ op(b) + beta * c, timed inside C after
-        `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a."""
+              c: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+        """Seconds of each of `reps` timed calls of c = op(a) @ op(b) + bias + beta * c, timed inside C
+        after `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a."""
         a = np.ascontiguousarray(a, self.dtype)
         b = np.ascontiguousarray(b, self.dtype)
         m, k = a.shape[::-1] if trans_a else a.shape
@@ -183,9 +184,14 @@ class Kernel:
             c = np.zeros((m, n), self.dtype)
         if c.shape != (m, n) or c.dtype != self.dtype or not c.flags.c_contiguous:
             raise ValueError("bench: c must be a C-contiguous m x n array of the kernel's dtype")
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, self.dtype)
+            if bias.shape != (n,):
+                raise ValueError(f"bench: bias must have shape ({n},)")
         seconds = np.zeros(reps, np.float64)
         status = self._bench(int(trans_a), int(trans_b), m, n, k, self._pointer(a), self._pointer(b), beta,
-                             self._pointer(c), resolve_threads(threads), warmup, reps,
+                             self._pointer(c), self._pointer(bias) if bias is not None else self._ffi.NULL,
+                             resolve_threads(threads), warmup, reps,
                              self._ffi.cast("double *", seconds.ctypes.data))
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")

@@ -38,18 +38,38 @@ def _ctype(dtype: str) -> str:
     return {"float32": "float", "float64": "double"}[dtype]
 
 
+def _kernel_values(params: KernelParams) -> dict:
+    return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), elem_bytes=itemsize(params.dtype))
+
+
+def render_workload(name: str, dtype: str, kernels: list[KernelParams], table: list[dict]) -> str:
+    """One translation unit holding several kernels (each under its own prefix), a dispatcher over
+    `table` (rows of m, n, k, trans_a, trans_b, kernel index) and llm.c's matmul entry points."""
+    sections = [
+        _environment().get_template("partials/kernel.c.j2").render(**_kernel_values(p), ns=f"agk{i}_")
+        for i, p in enumerate(kernels)
+    ]
+    return _environment().get_template("workload.c.j2").render(
+        workload=name, dtype=dtype, ctype=_ctype(dtype), sections=sections, kernels=kernels, table=table,
+        version=__version__)
+
+
+def render_workload_header(name: str, dtype: str, table: list[dict]) -> str:
+    return _environment().get_template("workload.h.j2").render(
+        workload=name, dtype=dtype, ctype=_ctype(dtype), table=table, version=__version__)
+
+
 def render_gemm(params: KernelParams, *, harness: bool = False) -> str:
     """The complete translation unit for `params`; `harness` appends the timing entry point."""
     if not isinstance(params, KernelParams):
         raise TypeError("render_gemm takes a KernelParams")
-    return _environment().get_template("gemm.c.j2").render(
-        **params.to_dict(),
-        name=params.name,
-        ctype=_ctype(params.dtype),
-        elem_bytes=itemsize(params.dtype),
-        harness=harness,
-        version=__version__,
-    )
+    return _environment().get_template("gemm.c.j2").render(**_kernel_values(params), harness=harness,
+                                                           version=__version__)
+
+
+def render_template(name: str, **values) -> str:
+    """A template that takes no kernel parameters (the llm.c-style baseline)."""
+    return _environment().get_template(name).render(version=__version__, **values)
 
 
 def render_header(dtype: str, kernel_name: str) -> str:

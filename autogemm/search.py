@@ -14,6 +14,7 @@ from . import analytic
 from .evaluate import OK, Request, Result
 from .machine import Machine
 from .params import KU_CHOICES, InvalidParams, KernelParams, vector_widths
+from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 KC_CHOICES = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
@@ -30,8 +31,12 @@ def default_storage() -> str:
     return f"sqlite:///{directory / 'studies.db'}"
 
 
-def study_name(machine: Machine, dtype: str, shape, threads: int) -> str:
-    return f"{machine.machine_id}:{dtype}:{'x'.join(map(str, shape))}:t{threads}"
+def study_name(machine: Machine, dtype: str, problem, threads: int) -> str:
+    """One study per machine, dtype, problem (shape, layout, beta, bias) and thread budget."""
+    problem = problem if isinstance(problem, Problem) else Problem(*problem)
+    suffix = "" if (problem.layout, problem.beta, problem.bias) == ("nn", 0.0, False) else (
+        f":{problem.layout}:b{problem.beta:g}{':bias' if problem.bias else ''}")
+    return f"{machine.machine_id}:{dtype}:{'x'.join(map(str, problem.shape))}{suffix}:t{threads}"
 
 
 def _round_to(value: int, multiple: int) -> int:
@@ -106,19 +111,21 @@ class Outcome:
     seconds_to_within_3pct: float | None
 
 
-def run_search(machine: Machine, dtype: str, shape, threads: int, evaluator, *, storage: str | None = None,
+def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *, storage: str | None = None,
                sampler: str = "tpe", trials: int | None = 40, timeout: float | None = None, seed: int | None = None,
                progress=None) -> tuple[optuna.Study, Outcome]:
     """Searches until the study holds `trials` measured trials or `timeout` seconds pass.
 
+    `problem` is (M, N, K) or a workload Problem (transposes, beta, bias).
     `evaluator(Request) -> Result` runs a candidate (normally a `Worker.run`). The study persists
     in `storage`, so a second call with the same problem resumes where the first stopped. The
     analytic default is the first trial of a new study; a constraint breach prunes a trial before
     anything is compiled; a failed candidate scores 0 GFLOP/s with its status as a user attribute.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    problem = problem if isinstance(problem, Problem) else Problem(*problem)
     study = optuna.create_study(
-        study_name=study_name(machine, dtype, shape, threads),
+        study_name=study_name(machine, dtype, problem, threads),
         storage=storage or default_storage(),
         sampler=make_sampler(sampler, machine, threads, seed),
         direction="maximize",
@@ -145,7 +152,8 @@ def run_search(machine: Machine, dtype: str, shape, threads: int, evaluator, *, 
         if key in seen:  # the sampler proposed a kernel already measured in this study
             trial.set_user_attr("status", "repeat")
             return seen[key]
-        result: Result = evaluator(Request(params.to_dict(), tuple(shape), choices["threads"]))
+        result: Result = evaluator(Request(params.to_dict(), problem.shape, choices["threads"], problem.trans_a,
+                                           problem.trans_b, problem.beta, problem.bias))
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("seconds", result.seconds)
         if result.status != OK:

@@ -23,7 +23,8 @@ from .params import DTYPES, InvalidParams, KernelParams
 
 SCHEMA = 1
 _ENTRY_KEYS = {"dtype", "shape", "threads", "params", "gflops", "numpy_gflops", "vs_numpy", "pct_peak",
-               "peak_gflops", "versions", "date", "tuning"}
+               "peak_gflops", "versions", "date", "tuning", "layout", "beta", "bias", "measured_shape"}
+LAYOUTS = ("nn", "nt", "tn", "tt")
 
 
 class TunedFileError(ValueError):
@@ -73,6 +74,11 @@ class Entry:
     threads: int
     params: KernelParams
     record: dict
+    layout: str = "nn"
+    beta: float = 0.0
+
+    def key(self) -> tuple:
+        return entry_key(self.record)
 
     def distance(self, shape) -> float:
         """Log-scale distance between problem shapes: 2x in one dimension counts as 1."""
@@ -97,7 +103,16 @@ def _validate_entry(raw) -> Entry:
         raise TunedFileError(f"an entry has invalid params: {exc}") from None
     if params.dtype != raw["dtype"]:
         raise TunedFileError("an entry's params are for another dtype")
-    return Entry(raw["dtype"], tuple(shape), raw["threads"], params, raw)
+    layout, beta = raw.get("layout", "nn"), raw.get("beta", 0.0)
+    if layout not in LAYOUTS or beta not in (0, 1) or not isinstance(raw.get("bias", False), bool):
+        raise TunedFileError(f"an entry has layout {layout!r}, beta {beta!r} or bias {raw.get('bias')!r}")
+    return Entry(raw["dtype"], tuple(shape), raw["threads"], params, raw, layout, float(beta))
+
+
+def entry_key(record: dict) -> tuple:
+    """What one entry is for: dtype, shape, threads, layout, beta, bias."""
+    return (record["dtype"], list(record["shape"]), record["threads"], record.get("layout", "nn"),
+            float(record.get("beta", 0.0)), bool(record.get("bias", False)))
 
 
 def read(path: Path, machine_id: str) -> list[Entry]:
@@ -134,14 +149,21 @@ def find_entries(machine_id: str, override=None) -> list[Entry]:
     return []
 
 
-def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = None) -> Entry | None:
-    """The entry for `dtype` closest to `shape` (largest if no shape), preferring equal `threads`."""
+def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = None, layout: str | None = None,
+            beta: float | None = None) -> Entry | None:
+    """The entry for `dtype` closest to `shape` (largest if no shape), preferring equal `threads`,
+    then the same layout and beta, then the nearest shape."""
     candidates = [e for e in entries if e.dtype == dtype]
     if not candidates:
         return None
+
+    def mismatch(e: Entry) -> tuple:
+        return (bool(threads) and e.threads != threads, layout is not None and e.layout != layout,
+                beta is not None and e.beta != beta)
+
     if shape is None:
-        return max(candidates, key=lambda e: (e.threads == threads, math.prod(e.shape)))
-    return min(candidates, key=lambda e: (e.threads != threads if threads else 0, e.distance(shape)))
+        return min(candidates, key=lambda e: (mismatch(e), -math.prod(e.shape)))
+    return min(candidates, key=lambda e: (mismatch(e)[0], e.distance(shape) + 0.5 * sum(mismatch(e)[1:])))
 
 
 def save(machine: dict, record: dict, directory: Path) -> Path:
@@ -162,9 +184,8 @@ def save(machine: dict, record: dict, directory: Path) -> Path:
                 backup = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
                 os.replace(path, backup)
                 warnings.warn(f"autogemm: {exc}; kept it as {backup}", stacklevel=2)
-        key = (record["dtype"], list(record["shape"]), record["threads"])
-        entries = [e for e in entries if (e["dtype"], e["shape"], e["threads"]) != key] + [record]
-        entries.sort(key=lambda e: (e["dtype"], e["threads"], e["shape"]))
+        entries = [e for e in entries if entry_key(e) != entry_key(record)] + [record]
+        entries.sort(key=lambda e: [str(x) for x in entry_key(e)])
         data = {"schema": SCHEMA, "machine_id": machine_id, "machine": machine, "entries": entries,
                 "sha256": entries_hash(entries)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)

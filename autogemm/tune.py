@@ -10,9 +10,10 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
-from . import __version__, api, bench, machine, search, store
-from .evaluate import Worker
+from . import __version__, api, bench, machine, search, store, workload
+from .evaluate import TIMING_CAP, Worker
 from .peak import measure_peak
+from .workload import Problem
 
 DEFAULT_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (4096, 768, 768)]
 
@@ -44,14 +45,15 @@ def versions(host: machine.Machine) -> dict:
             "python": platform.python_version(), "compiler": host.compiler.banner}
 
 
-def tune_shape(dtype: str, shape, threads: int, *, worker: Worker, storage: str | None, sampler: str,
-               trials: int | None, timeout: float | None, seed: int | None, top_k: int, tuned_dir,
-               progress: bool) -> TuneResult:
+def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, trials: int | None,
+                 timeout: float | None, storage: str | None = None, sampler: str = "tpe", seed: int | None = None,
+                 top_k: int = 3, tuned_dir=None, progress: bool = True) -> TuneResult:
+    """Searches one GEMM, re-measures its finalists beside numpy, and saves the winner."""
     host = machine.detect()
-    label = f"{dtype} {'x'.join(map(str, shape))} t{threads}"
+    label = f"{dtype} {problem.label() if problem.layout != 'nn' or problem.beta or problem.bias else 'x'.join(map(str, problem.shape))} t{threads}"
     bar, callback = _progress_bar(trials, label, progress)
     try:
-        study, outcome = search.run_search(host, dtype, shape, threads, worker.run, storage=storage, sampler=sampler,
+        study, outcome = search.run_search(host, dtype, problem, threads, worker.run, storage=storage, sampler=sampler,
                                            trials=trials, timeout=timeout, seed=seed, progress=callback)
     finally:
         bar.close()
@@ -60,16 +62,22 @@ def tune_shape(dtype: str, shape, threads: int, *, worker: Worker, storage: str 
         raise RuntimeError(f"{label}: no candidate passed ({outcome.statuses}); see `autogemm list`")
     # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
     peak = measure_peak(dtype, threads)
+    measured = Problem(min(problem.m, TIMING_CAP), min(problem.n, TIMING_CAP), problem.k, problem.trans_a,
+                       problem.trans_b, problem.beta, 1, problem.bias)
     names = {f"#{rank}": (params, run_threads) for rank, (params, run_threads, _) in enumerate(finalists, 1)}
-    rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, shape, threads, rounds=5, peak=peak,
+    rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads, rounds=5, peak=peak,
                          kernel_threads={name: t for name, (_, t) in names.items()})
     numpy_row = next(r for r in rows if r.impl == "numpy")
     best_row = max((r for r in rows if r.impl != "numpy"), key=lambda r: r.gflops["median"])
     best_params, best_threads = names[best_row.impl]
     record = {
         "dtype": dtype,
-        "shape": list(shape),
+        "shape": list(problem.shape),
         "threads": threads,
+        "layout": problem.layout,
+        "beta": float(problem.beta),
+        "bias": problem.bias,
+        "measured_shape": list(measured.shape),
         "params": best_params.to_dict(),
         "gflops": best_row.gflops,
         "numpy_gflops": numpy_row.gflops["median"],
@@ -90,10 +98,11 @@ def tune(dtype: str = "float32", shapes=None, threads: int | None = None, *, tri
          timeout: float | None = None, sampler: str = "tpe", storage: str | None = None, tuned_dir=None,
          seed: int | None = None, top_k: int = 3, candidate_timeout: float = 120.0, progress: bool = True,
          evaluate_function: str = "autogemm.evaluate:evaluate") -> list[TuneResult]:
-    """Tunes `dtype` for each shape on this machine and saves the winners in tuned/<machine-id>.json.
+    """Tunes `dtype` for each shape (M, N, K) or workload Problem on this machine and saves the
+    winners in tuned/<machine-id>.json.
 
     Interrupted runs resume: the Optuna study keeps every finished trial. `trials` counts the
-    study's finished trials; `timeout` bounds the search time of each shape, in seconds.
+    study's measured trials; `timeout` bounds the search time of each shape, in seconds.
 
     Example:
         >>> results = tune("float32", [(256, 256, 256)], trials=5, progress=False)  # doctest: +SKIP
@@ -101,10 +110,35 @@ def tune(dtype: str = "float32", shapes=None, threads: int | None = None, *, tri
     from .kernel import resolve_threads
 
     threads = resolve_threads(threads)
+    problems = [p if isinstance(p, Problem) else Problem(*p) for p in (shapes or DEFAULT_SHAPES)]
+    budgets = [(trials, timeout)] * len(problems)
+    return _tune_all(dtype, problems, budgets, threads, sampler=sampler, storage=storage, tuned_dir=tuned_dir,
+                     seed=seed, top_k=top_k, candidate_timeout=candidate_timeout, progress=progress,
+                     evaluate_function=evaluate_function)
+
+
+def tune_workload(spec: str, tokens: int = 256, dtype: str = "float32", threads: int | None = None, *,
+                  trials: int | None = None, timeout: float | None = None, min_trials: int = 4,
+                  **options) -> list[TuneResult]:
+    """Tunes every distinct GEMM of a workload (shape, transposes, beta, bias), sharing `trials`
+    and `timeout` (totals, default 10 trials per GEMM) out by each GEMM's share of the step's flops."""
+    from .kernel import resolve_threads
+
+    problems = workload.distinct(workload.load(spec, tokens))
+    total = workload.total_flops(problems)
+    trials = trials if trials is not None else 10 * len(problems)
+    budgets = []
+    for p in problems:
+        share = p.flops / total
+        budgets.append((max(min_trials, round(trials * share)), None if timeout is None else max(20.0, timeout * share)))
+    return _tune_all(dtype, problems, budgets, resolve_threads(threads), **options)
+
+
+def _tune_all(dtype, problems, budgets, threads, *, candidate_timeout: float = 120.0,
+              evaluate_function: str = "autogemm.evaluate:evaluate", **options) -> list[TuneResult]:
     results = []
     with Worker(timeout=candidate_timeout, function=evaluate_function) as worker:
-        for shape in shapes or DEFAULT_SHAPES:
-            results.append(tune_shape(dtype, tuple(shape), threads, worker=worker, storage=storage, sampler=sampler,
-                                      trials=trials, timeout=timeout, seed=seed, top_k=top_k, tuned_dir=tuned_dir,
-                                      progress=progress))
+        for problem, (trials, timeout) in zip(problems, budgets):
+            results.append(tune_problem(dtype, problem, threads, worker=worker, trials=trials, timeout=timeout,
+                                        **options))
     return results
