@@ -17,8 +17,8 @@ import numpy as np
 OK, COMPILE, CORRECTNESS, CRASH, TIMEOUT, UNSUPPORTED = "ok", "compile", "correctness", "crash", "timeout", "unsupported"
 
 
-#: Largest M or N a candidate is timed at. A bigger GEMM (the 50304-wide GPT-2 head) runs the same
-#: loops over more blocks, so a capped copy ranks candidates alike in a fraction of the time.
+#: Largest M, N or K a candidate is timed at. A bigger GEMM (the 50304-wide GPT-2 head) runs the
+#: same loops over more blocks, so a capped copy ranks candidates alike in a fraction of the time.
 TIMING_CAP = 4096
 
 
@@ -36,11 +36,16 @@ class Request:
     seed: int = 0
 
     def problem(self):
-        """The GEMM this candidate is timed on: the request's, with M and N capped."""
-        from .workload import Problem
+        """The GEMM this candidate is timed on: the request's, each dimension capped at TIMING_CAP."""
+        return timed_problem(self)
 
-        m, n, k = self.shape
-        return Problem(min(m, TIMING_CAP), min(n, TIMING_CAP), k, self.trans_a, self.trans_b, self.beta, 1, self.bias)
+
+def timed_problem(problem):
+    """`problem` (anything with shape, trans_a, trans_b, beta, bias) with each dimension capped."""
+    from .workload import Problem
+
+    m, n, k = (min(d, TIMING_CAP) for d in problem.shape)
+    return Problem(m, n, k, problem.trans_a, problem.trans_b, problem.beta, 1, problem.bias)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import optuna
 from tqdm import tqdm
 
 from . import __version__, api, bench, machine, search, store, workload
-from .evaluate import TIMING_CAP, Worker
+from .evaluate import Worker, timed_problem
 from .peak import measure_peak
 from .workload import Problem
 
@@ -62,8 +62,7 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
         raise RuntimeError(f"{label}: no candidate passed ({outcome.statuses}); see `autogemm list`")
     # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
     peak = measure_peak(dtype, threads)
-    measured = Problem(min(problem.m, TIMING_CAP), min(problem.n, TIMING_CAP), problem.k, problem.trans_a,
-                       problem.trans_b, problem.beta, 1, problem.bias)
+    measured = timed_problem(problem)
     names = {f"#{rank}": (params, run_threads) for rank, (params, run_threads, _) in enumerate(finalists, 1)}
     rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads, rounds=5, peak=peak,
                          kernel_threads={name: t for name, (_, t) in names.items()})
