@@ -9,8 +9,8 @@ Example:
 
 __version__ = "0.1.0"
 
-from .api import export, export_workload, gemm, load, matmul  # noqa: E402
+from .api import export, export_blas, export_workload, gemm, load, matmul  # noqa: E402
 from .tune import tune  # noqa: E402
 from .params import InvalidParams, KernelParams  # noqa: E402
 
-__all__ = ["matmul", "gemm", "load", "export", "export_workload", "tune", "KernelParams", "InvalidParams", "__version__"]
+__all__ = ["matmul", "gemm", "load", "export", "export_workload", "export_blas", "tune", "KernelParams", "InvalidParams", "__version__"]

@@ -108,7 +108,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_export(args) -> int:
-    if args.workload:
+    if args.blas:
+        paths = api.export_blas(args.output, tuned_dir=args.tuned_dir)
+    elif args.workload:
         paths = api.export_workload(args.workload, args.output, tokens=args.tokens, dtype=args.dtype,
                                     tuned_dir=args.tuned_dir)
     else:
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--workload", help="one file for every GEMM of a workload (gpt2-124m, or a JSON file), "
                         "with llm.c's matmul_forward/matmul_backward")
     export.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
+    export.add_argument("--blas", action="store_true",
+                        help="build libautogemm_blas.so: sgemm_/dgemm_ and cblas_sgemm/cblas_dgemm")
     export.add_argument("--tuned-dir", help="read tuned files from this directory")
     export.set_defaults(func=cmd_export)
 

@@ -54,6 +54,16 @@ def render_workload(name: str, dtype: str, kernels: list[KernelParams], table: l
         version=__version__)
 
 
+def render_blas(kernels: dict[str, KernelParams]) -> str:
+    """libautogemm_blas: Fortran and CBLAS SGEMM/DGEMM over the float32 and float64 kernels."""
+    sections = {
+        dtype: _environment().get_template("partials/kernel.c.j2").render(
+            **_kernel_values(p), ns="ags_" if dtype == "float32" else "agd_")
+        for dtype, p in kernels.items()
+    }
+    return _environment().get_template("blas.c.j2").render(sections=sections, kernels=kernels, version=__version__)
+
+
 def render_workload_header(name: str, dtype: str, table: list[dict]) -> str:
     return _environment().get_template("workload.h.j2").render(
         workload=name, dtype=dtype, ctype=_ctype(dtype), table=table, version=__version__)
