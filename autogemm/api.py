@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,26 @@ def _entries_cached(machine_id: str, tuned_dir, signature) -> list:
     return store.find_entries(machine_id, tuned_dir)
 
 
-def tuned_entries(tuned_dir=None) -> list:
-    """This machine's validated tuned entries (re-read when a tuned file changes)."""
+_signature_checked: dict = {}  # tuned_dir -> (monotonic time of the last check, files' signature)
+
+
+def _tuned_signature(tuned_dir) -> tuple:
+    """Paths and modification times of this machine's tuned files, re-read at most once a second."""
+    now = time.monotonic()
+    checked = _signature_checked.get(tuned_dir)
+    if checked and now - checked[0] < 1.0:
+        return checked[1]
     host = machine.detect()
     files = [store.path_for(host.machine_id, d) for d in store.search_dirs(tuned_dir)]
     signature = tuple((str(f), f.stat().st_mtime_ns if f.exists() else None) for f in files)
-    return _entries_cached(host.machine_id, str(tuned_dir) if tuned_dir else None, signature)
+    _signature_checked[tuned_dir] = (now, signature)
+    return signature
+
+
+def tuned_entries(tuned_dir=None) -> list:
+    """This machine's validated tuned entries (re-read within a second of a tuned file changing)."""
+    key = str(tuned_dir) if tuned_dir else None
+    return _entries_cached(machine.detect().machine_id, key, _tuned_signature(key))
 
 
 def load(dtype="float32", *, params: KernelParams | None = None, shape=None, threads: int | None = None,
@@ -71,7 +86,15 @@ def load(dtype="float32", *, params: KernelParams | None = None, shape=None, thr
         if params.dtype != dtype:
             raise ValueError(f"params are for {params.dtype}, not {dtype}")
         return build(params)
-    entry = store.nearest(tuned_entries(tuned_dir), dtype, shape, threads, layout, beta)
+    key = str(tuned_dir) if tuned_dir else None
+    shape = tuple(shape) if shape is not None else None
+    return _load_tuned(dtype, shape, threads, layout, beta, key, _tuned_signature(key))
+
+
+@functools.lru_cache(maxsize=4096)
+def _load_tuned(dtype, shape, threads, layout, beta, tuned_dir, signature) -> Kernel:
+    entry = store.nearest(_entries_cached(machine.detect().machine_id, tuned_dir, signature), dtype, shape, threads,
+                          layout, beta)
     if entry is None:
         return build(analytic.default_params(machine.detect(), dtype))
     kernel = copy.copy(build(entry.params))

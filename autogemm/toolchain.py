@@ -10,6 +10,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,8 +101,21 @@ def _identify(command: tuple[str, ...], version_text: str) -> Compiler:
 
 
 def cache_dir() -> Path:
-    """Where built kernels live: $AUTOGEMM_CACHE_DIR, else the user cache directory."""
-    return Path(os.environ.get("AUTOGEMM_CACHE_DIR") or platformdirs.user_cache_dir("autogemm"))
+    """Where built kernels live: $AUTOGEMM_CACHE_DIR, else the user cache directory; if that
+    cannot be written, a private directory under the system's temporary directory (with a warning)."""
+    chosen = Path(os.environ.get("AUTOGEMM_CACHE_DIR") or platformdirs.user_cache_dir("autogemm"))
+    try:
+        chosen.mkdir(parents=True, exist_ok=True)
+        if os.access(chosen, os.W_OK):
+            return chosen
+        problem = "is not writable"
+    except OSError as exc:
+        problem = f"cannot be created ({exc.strerror or exc})"
+    fallback = Path(tempfile.gettempdir()) / f"autogemm-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    warnings.warn(f"autogemm: the kernel cache {chosen} {problem}; using {fallback} "
+                  "(set AUTOGEMM_CACHE_DIR to choose another)", stacklevel=3)
+    return fallback
 
 
 def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Path:
@@ -115,10 +129,6 @@ def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Pa
     flags = compiler.flags
     key = hashlib.sha256("\0".join([source, compiler.banner, *compiler.command, *flags]).encode()).hexdigest()[:20]
     directory = cache_dir()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CompileError(f"cannot create the kernel cache {directory}: {exc}; set AUTOGEMM_CACHE_DIR") from exc
     library = directory / f"{name}-{key}.so"
     if library.exists():
         return library

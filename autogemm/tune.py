@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime
 import platform
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -89,7 +92,14 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
                    "seconds_to_within_3pct": outcome.seconds_to_within_3pct, "sampler": sampler,
                    "run_threads": best_threads, "search_best_gflops": outcome.best_gflops},
     }
-    path = store.save(host.describe(), record, store.tuned_dir(tuned_dir))
+    target = store.tuned_dir(tuned_dir)
+    try:
+        path = store.save(host.describe(), record, target)
+    except OSError as exc:  # read-only or full: keep the result where it can be kept
+        fallback = store.user_tuned_dir() if target != store.user_tuned_dir() else Path(tempfile.mkdtemp(prefix="autogemm-tuned-"))
+        warnings.warn(f"autogemm: cannot write the tuned file in {target} ({exc}); saving it in {fallback}",
+                      stacklevel=2)
+        path = store.save(host.describe(), record, fallback)
     return TuneResult(record, path, outcome)
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import io
 import time
 
 import numpy as np
@@ -25,8 +27,8 @@ CONTEXT, EMBED, HIDDEN = 16, 32, 1024
 
 
 def corpus() -> str:
-    import this  # noqa: F401  (prints the Zen once; its text is rot13-encoded in this.s)
-
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
     return codecs.decode(this.s, "rot13") * 4
 
 
@@ -61,7 +63,7 @@ def train(backend: Backend, text: str, steps: int, batch: int, seed: int = 0) ->
         "w2": rng.standard_normal((v, HIDDEN)).astype(np.float32) / np.sqrt(HIDDEN),
         "b2": np.zeros(v, np.float32),
     }
-    losses, lr = [], 0.05
+    losses, lr = [], 0.5
     start = time.perf_counter()
     for step in range(1, steps + 1):
         starts = rng.integers(0, len(ids) - CONTEXT - 1, batch)

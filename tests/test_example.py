@@ -20,6 +20,6 @@ def test_loss_falls_and_backends_agree(capsys):
     text = example.corpus()
     numpy_losses = example.train(example.Backend("numpy"), text, steps=40, batch=64)
     autogemm_losses = example.train(example.Backend("autogemm"), text, steps=40, batch=64)
-    assert np.mean(autogemm_losses[-5:]) < np.mean(autogemm_losses[:5]) - 0.5
+    assert np.mean(autogemm_losses[-5:]) < np.mean(autogemm_losses[:5]) - 0.4
     np.testing.assert_allclose(autogemm_losses, numpy_losses, rtol=2e-3)
     assert "ms/step" in capsys.readouterr().out
