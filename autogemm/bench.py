@@ -91,6 +91,7 @@ class Row:
     gflops: dict
     pct_peak: float
     vs_numpy: float | None
+    efficiency: float | None = None  # GFLOP/s over N x its 1-thread GFLOP/s, when 1 thread was run
 
 
 def _burst(call, reps: int, warm_seconds: float) -> list[float]:
@@ -143,15 +144,25 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     return rows
 
 
+def add_scaling(rows: list[Row]) -> None:
+    """Sets each row's parallel efficiency against the same shape and implementation on 1 thread."""
+    single = {(r.shape, r.impl): r.gflops["median"] for r in rows if r.threads == 1}
+    for r in rows:
+        base = single.get((r.shape, r.impl))
+        r.efficiency = r.gflops["median"] / (r.threads * base) if base else None
+
+
 def format_table(rows: list[Row], peaks: dict) -> str:
+    scaling = any(r.efficiency is not None for r in rows)
     lines = [f"{'shape':>18} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
-             f"{'%peak':>6} {'x numpy':>8}"]
+             f"{'%peak':>6} {'x numpy':>8}" + (f" {'effic.':>6}" if scaling else "")]
     for r in rows:
         shape = "x".join(map(str, r.shape))
         spread = f"{r.gflops['p20']:.1f}-{r.gflops['p80']:.1f}"
         ratio = f"{r.vs_numpy:.3f}" if r.vs_numpy is not None else "-"
+        efficiency = (f" {r.efficiency:>6.2f}" if r.efficiency is not None else f" {'-':>6}") if scaling else ""
         lines.append(f"{shape:>18} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
-                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}")
+                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}" + efficiency)
     lines.append("measured FMA peak (GFLOP/s): " + ", ".join(f"{d} {t} thr {v:.1f}" for (d, t), v in sorted(peaks.items())))
     return "\n".join(lines)
 

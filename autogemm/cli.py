@@ -186,6 +186,7 @@ def cmd_bench(args) -> int:
             rows += bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[(args.dtype, threads)])
             if not args.json:
                 print(bench.format_table(rows[-len(kernels) - 1:], {}).splitlines()[-2], flush=True)
+    bench.add_scaling(rows)
     report = {
         "machine": machine.detect().describe(),
         "blas": bench.openblas_coretype(),
