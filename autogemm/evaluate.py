@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .workload import Problem
+
 OK, COMPILE, CORRECTNESS, CRASH, TIMEOUT, UNSUPPORTED = "ok", "compile", "correctness", "crash", "timeout", "unsupported"
 
 
@@ -24,26 +26,26 @@ TIMING_CAP = 4096
 
 @dataclass(frozen=True)
 class Request:
+    """One candidate (`params`) on one GEMM (`problem`: a Problem, or (M, N, K))."""
+
     params: dict
-    shape: tuple
+    problem: Problem
     threads: int
-    trans_a: bool = False
-    trans_b: bool = False
-    beta: float = 0.0
-    bias: bool = False
     rounds: int = 3
     reps: int = 3
     seed: int = 0
 
-    def problem(self):
+    def __post_init__(self):
+        if not isinstance(self.problem, Problem):
+            object.__setattr__(self, "problem", Problem(*self.problem))
+
+    def timed(self) -> Problem:
         """The GEMM this candidate is timed on: the request's, each dimension capped at TIMING_CAP."""
-        return timed_problem(self)
+        return timed_problem(self.problem)
 
 
-def timed_problem(problem):
-    """`problem` (anything with shape, trans_a, trans_b, beta, bias) with each dimension capped."""
-    from .workload import Problem
-
+def timed_problem(problem: Problem) -> Problem:
+    """`problem` once, with each dimension capped at TIMING_CAP."""
     m, n, k = (min(d, TIMING_CAP) for d in problem.shape)
     return Problem(m, n, k, problem.trans_a, problem.trans_b, problem.beta, 1, problem.bias)
 
@@ -82,7 +84,6 @@ def evaluate(request: Request) -> Result:
     from . import api, toolchain
     from .bench import operands
     from .params import InvalidParams, KernelParams
-    from .workload import Problem
 
     steps: dict[str, float] = {}
     start = time.perf_counter()
@@ -97,10 +98,10 @@ def evaluate(request: Request) -> Result:
     steps["compile"] = time.perf_counter() - start
 
     rng = np.random.default_rng(request.seed)
-    problem = request.problem()
+    problem = request.timed()
     start = time.perf_counter()
-    edge = Problem(2 * params.mr + 3, 2 * params.nr + 5, params.kc + 7, request.trans_a, request.trans_b,
-                   request.beta, 1, request.bias)
+    edge = Problem(2 * params.mr + 3, 2 * params.nr + 5, params.kc + 7, problem.trans_a, problem.trans_b,
+                   problem.beta, 1, problem.bias)
     problem_found = _check(kernel, edge, rng)
     if problem_found:
         return Result(CORRECTNESS, message=problem_found, seconds=steps)

@@ -152,8 +152,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
         if key in seen:  # the sampler proposed a kernel already measured in this study
             trial.set_user_attr("status", "repeat")
             return seen[key]
-        result: Result = evaluator(Request(params.to_dict(), problem.shape, choices["threads"], problem.trans_a,
-                                           problem.trans_b, problem.beta, problem.bias))
+        result: Result = evaluator(Request(params.to_dict(), problem, choices["threads"]))
         trial.set_user_attr("status", result.status)
         trial.set_user_attr("seconds", result.seconds)
         if result.status != OK:
