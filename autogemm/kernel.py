@@ -41,12 +41,19 @@ def resolve_threads(threads: int | None, tuned: int | None = None) -> int:
     return int(threads)
 
 
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def computed_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
     """The native float dtype of a @ b, or TypeError naming the supported dtypes."""
+    result = _FLOAT32
     for x in (a, b):
-        if x.dtype.newbyteorder("=").name not in DTYPES:
+        dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+        if dtype == _FLOAT64:
+            result = _FLOAT64
+        elif dtype != _FLOAT32:
             raise TypeError(f"autogemm supports {', '.join(DTYPES)}; got {x.dtype}")
-    return np.result_type(a.dtype.newbyteorder("="), b.dtype.newbyteorder("="))
+    return result
 
 
 def _element_strides(x: np.ndarray) -> tuple[int, int] | None:
@@ -74,6 +81,7 @@ class Kernel:
         self._ffi = cffi.FFI()
         self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype))
         self._lib = self._ffi.dlopen(str(library))
+        self._pointer_type = self._ffi.typeof(f"{self._ctype} *")
         _LOADED.append((self._ffi, self._lib))
         self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
@@ -82,7 +90,7 @@ class Kernel:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
 
     def _pointer(self, x: np.ndarray):
-        return self._ffi.cast(f"{self._ctype} *", x.__array_interface__["data"][0])
+        return self._ffi.cast(self._pointer_type, x.ctypes.data)
 
     def _usable(self, x: np.ndarray) -> np.ndarray:
         """`x` itself when the C code can read it in place, else a contiguous native copy."""
@@ -160,6 +168,8 @@ class Kernel:
                 raise ValueError(f"out has shape {out.shape}; matmul of {a.shape} and {b.shape} gives {shape}")
             if out.dtype != self.dtype:
                 raise TypeError(f"out has dtype {out.dtype}; this matmul produces {self.dtype}")
+        if not batch and a.ndim == 2 and b.ndim == 2:  # the common case: one GEMM
+            return self.gemm(a2, b2, out, threads=threads)
         out2 = out
         if a.ndim == 1:
             out2 = out2[..., np.newaxis, :] if b.ndim > 1 else out2[..., np.newaxis]
