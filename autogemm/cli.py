@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, analytic, api, bench, machine, search, store, toolchain
+from . import __version__, analytic, api, bench, machine, search, toolchain
 from .peak import measure_peak
 from .params import DTYPES, KernelParams
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -221,10 +221,3 @@ def top_candidates(study: optuna.Study, machine: Machine, dtype: str, k: int = 3
         if len(found) == k:
             break
     return found
-
-
-def outcome_dict(outcome: Outcome) -> dict:
-    data = asdict(outcome)
-    data["best_params"] = outcome.best_params.to_dict() if outcome.best_params else None
-    return data
-

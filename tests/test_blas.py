@@ -1,7 +1,6 @@
 """libautogemm_blas: the reference BLAS level-3 testers for GEMM, and linking it directly."""
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 

@@ -8,7 +8,7 @@ import pytest
 from autogemm import analytic, api, machine, params
 from autogemm.check import error_ratio
 
-from conftest import LAYOUTS, random_matrix
+from conftest import random_matrix
 
 HOST = machine.detect()
 TEMPLATES = [

@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from autogemm import analytic, machine, toolchain
+from autogemm import analytic, toolchain
 from autogemm.peak import measure_peak
 
 

@@ -1,6 +1,5 @@
 """Faults and concurrency: nothing half-written, nothing lost, clear errors."""
 
-import json
 import multiprocessing
 import os
 import random
