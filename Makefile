@@ -20,7 +20,8 @@ tune: $(STAMP)
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/autogemm tune --dtype float32
 
 bench: $(STAMP)
-	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/autogemm bench --suite square,gpt2 --threads 1,2
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(VENV)/bin/autogemm bench --suite square,gpt2 --threads 1,2 \
+	    --json benchmarks/bench-latest.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
