@@ -53,7 +53,8 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
                  top_k: int = 3, tuned_dir=None, progress: bool = True) -> TuneResult:
     """Searches one GEMM, re-measures its finalists beside numpy, and saves the winner."""
     host = machine.detect()
-    label = f"{dtype} {problem.label() if problem.layout != 'nn' or problem.beta or problem.bias else 'x'.join(map(str, problem.shape))} t{threads}"
+    plain = (problem.layout, problem.beta, problem.bias) == ("nn", 0.0, False)
+    label = f"{dtype} {'x'.join(map(str, problem.shape)) if plain else problem.label()} t{threads}"
     bar, callback = _progress_bar(trials, label, progress)
     try:
         study, outcome = search.run_search(host, dtype, problem, threads, worker.run, storage=storage, sampler=sampler,
