@@ -1,12 +1,14 @@
 """The exported C stands alone: plain cc compiles it, a C driver calls it, numpy agrees."""
 
+import os
+import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
 import autogemm
-from autogemm import machine
+from autogemm import analytic, machine
 from autogemm.check import error_ratio
 
 DRIVER = r"""
@@ -36,36 +38,63 @@ int main(int argc, char **argv) {
 """
 
 
-@pytest.fixture(scope="module", params=["float32", "float64"])
+ARM_CC, QEMU = "aarch64-linux-gnu-gcc", "qemu-aarch64"
+
+
+def arm_machine():
+    """A 64-bit Arm CPU (NEON, 32 vector registers), as an Apple M or Neoverse core looks to us."""
+    host = machine.detect()
+    return machine.Machine(arch="aarch64", microarch="neoverse_n1", vendor="arm", model="", features=frozenset({"asimd"}),
+                           cores=2, caches=host.caches, compiler=host.compiler)
+
+
+def _build(directory, letter, command, flags):
+    for src in (f"autogemm_{letter}gemm.c", "driver.c"):
+        subprocess.run([*command, *flags, "-c", src, "-o", src[:-2] + ".o"], check=True, cwd=directory)
+    subprocess.run([*command, *flags, "driver.o", f"autogemm_{letter}gemm.o", "-o", "driver"], check=True,
+                   cwd=directory)
+
+
+@pytest.fixture(scope="module", params=[("float32", "host"), ("float64", "host"), ("float32", "aarch64"),
+                                        ("float64", "aarch64")], ids=lambda p: "-".join(p))
 def program(request, tmp_path_factory):
-    dtype = request.param
-    directory = tmp_path_factory.mktemp(f"export-{dtype}")
-    written = autogemm.export(dtype, directory)
+    """The exported C built with plain cc for this machine, or cross-built for 64-bit Arm from the
+    portable template and run under qemu (Apple Silicon and Arm servers take that template)."""
+    dtype, target = request.param
+    directory = tmp_path_factory.mktemp(f"export-{dtype}-{target}")
+    params = None
+    if target == "aarch64":
+        if not (shutil.which(ARM_CC) and shutil.which(QEMU)):
+            if os.environ.get("CI"):
+                pytest.fail(f"{ARM_CC} and {QEMU} are missing: .ci/run installs them")
+            pytest.skip("no aarch64 cross compiler and qemu (apt-get install gcc-aarch64-linux-gnu qemu-user)")
+        params = analytic.default_params(arm_machine(), dtype)
+        assert params.isa == "portable"
+    written = autogemm.export(dtype, directory, params=params)
     letter = "s" if dtype == "float32" else "d"
     assert [p.name for p in written] == [f"autogemm_{letter}gemm.c", f"autogemm_{letter}gemm.h"]
     header = written[1].read_text()
     assert f"void autogemm_{letter}gemm(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k" in header
     ctype = "float" if dtype == "float32" else "double"
     (directory / "driver.c").write_text(f"#define T {ctype}\n" + DRIVER % {"p": letter})
+    if target == "aarch64":
+        _build(directory, letter, [ARM_CC], ["-O3", "-march=armv8-a", "-fopenmp", "-static"])
+        return dtype, directory, [QEMU]
     cc = machine.detect().compiler
     flags = ["-O3", *cc.arch_flags, *cc.openmp_flags]
     # The header must agree with the definitions: compile the source with its header included first.
     (directory / "check_header.c").write_text(f'#include "autogemm_{letter}gemm.h"\n#include "autogemm_{letter}gemm.c"\n')
     subprocess.run([*cc.command, *flags, "-Werror=implicit-function-declaration", "-c", "check_header.c", "-o",
                     "check_header.o"], check=True, cwd=directory)
-    for src in (written[0], directory / "driver.c"):
-        subprocess.run([*cc.command, *flags, "-c", str(src), "-o", str(src.with_suffix(".o"))], check=True,
-                       cwd=directory)
-    subprocess.run([*cc.command, *flags, "driver.o", written[0].with_suffix(".o").name, "-o", "driver"],
-                   check=True, cwd=directory)
-    return dtype, directory
+    _build(directory, letter, cc.command, flags)
+    return dtype, directory, []
 
 
 @pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
 @pytest.mark.parametrize("m, n, k, alpha, beta", [(37, 45, 29, 1.0, 0.0), (1, 200, 3, -2.0, 0.5),
                                                  (130, 1, 257, 0.5, 1.0), (5, 7, 0, 1.0, 0.0)])
 def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, beta):
-    dtype, directory = program
+    dtype, directory, runner = program
     rng = np.random.default_rng(m * 1000 + n + k)
     op_a = rng.uniform(-1, 1, (m, k)).astype(dtype)
     op_b = rng.uniform(-1, 1, (k, n)).astype(dtype)
@@ -82,7 +111,7 @@ def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, bet
     c_before = c_buf.copy()
     for name, arr in (("a", a_buf), ("b", b_buf), ("c", c_buf)):
         arr.tofile(directory / f"{name}.bin")
-    subprocess.run(["./driver", str(trans_a), str(trans_b), str(m), str(n), str(k), str(lda), str(ldb), str(ldc),
+    subprocess.run([*runner, "./driver", str(trans_a), str(trans_b), str(m), str(n), str(k), str(lda), str(ldb), str(ldc),
                     repr(alpha), repr(beta), str(a_buf.size), str(b_buf.size), str(c_buf.size)],
                    check=True, cwd=directory, env={"OMP_NUM_THREADS": "2"})
     out = np.fromfile(directory / "out.bin", dtype).reshape(m, ldc)
