@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
-from . import __version__, api, bench, machine, search, store, workload
+from . import __version__, analytic, api, bench, machine, search, store, workload
 from .evaluate import Worker, timed_problem
 from .peak import measure_peak
 from .workload import Problem
@@ -64,6 +64,11 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
     finalists = search.top_candidates(study, host, dtype, top_k)
     if not finalists:
         raise RuntimeError(f"{label}: no candidate passed ({outcome.statuses}); see `autogemm list`")
+    # The analytic default is always a finalist, so noise in the search never leaves a winner that is
+    # slower than the kernel users get without tuning.
+    default = analytic.default_params(host, dtype)
+    if all(params != default or run_threads != threads for params, run_threads, _ in finalists):
+        finalists.append((default, threads, 0.0))
     # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
     peak = measure_peak(dtype, threads)
     measured = timed_problem(problem)
@@ -91,7 +96,9 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tuning": {"trials": outcome.trials, "statuses": outcome.statuses, "seconds": round(outcome.seconds, 1),
                    "seconds_to_within_3pct": outcome.seconds_to_within_3pct, "sampler": sampler,
-                   "run_threads": best_threads, "search_best_gflops": outcome.best_gflops},
+                   "run_threads": best_threads, "search_best_gflops": outcome.best_gflops,
+                   "finalists": {r.impl: {"kernel": names[r.impl][0].name, "threads": names[r.impl][1],
+                                          "gflops": r.gflops["median"]} for r in rows if r.impl != "numpy"}},
     }
     target = store.tuned_dir(tuned_dir)
     try:

@@ -18,3 +18,8 @@ def evaluate(request):
 
 def echo(request):
     return Result("ok", {"median": float(request.params["mr"]), "p20": 0.0, "p80": 0.0})
+
+
+def prefer_prefetch(request):
+    """Scores a kernel by its prefetch distance, so the analytic default (no prefetch) ranks last."""
+    return Result("ok", {"median": 1.0 + request.params["prefetch"], "p20": 0.0, "p80": 0.0})

@@ -117,9 +117,12 @@ def test_a_read_only_tuned_dir_loses_no_result(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "user_tuned_dir", lambda: tmp_path / "fallback")
     with pytest.warns(UserWarning, match="cannot write the tuned file"):
         results = tune("float32", [(48, 40, 32)], threads=1, trials=2, tuned_dir=blocker / "tuned", top_k=1,
-                       progress=False, evaluate_function="faulty_eval:echo")
+                       progress=False, evaluate_function="faulty_eval:prefer_prefetch")
     assert results[0].path.parent == tmp_path / "fallback"
     assert len(store.read(results[0].path, HOST.machine_id)) == 1
+    # The analytic default always competes in the final interleaved run.
+    finalists = {f["kernel"] for f in results[0].record["tuning"]["finalists"].values()}
+    assert analytic.default_params(HOST, "float32").name in finalists
 
 
 def test_killing_the_tuner_at_random_points_loses_no_finished_trial(tmp_path):
