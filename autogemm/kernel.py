@@ -99,12 +99,14 @@ class Kernel:
         return x
 
     def gemm(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, *, alpha: float = 1.0,
-             beta: float = 0.0, bias: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+             beta: float = 0.0, bias: np.ndarray | None = None, threads: int | None = None,
+             force_threads: bool = False) -> np.ndarray:
         """c := alpha * a @ b + bias + beta * c on 2-D arrays of this kernel's dtype, in place.
 
         Any strides work, transposed and negative ones included, so a transposed operand is just a
         transposed view. `bias` (length n) is added to every row in the kernel's epilogue. With
-        beta == 0, c is not read.
+        beta == 0, c is not read. `threads` is a maximum (small GEMMs use fewer) unless
+        `force_threads`.
         """
         for name, x in (("a", a), ("b", b), ("c", c)):
             if not isinstance(x, np.ndarray) or x.ndim != 2:
@@ -132,7 +134,8 @@ class Kernel:
         rsb, csb = _element_strides(b)
         rsc, csc = _element_strides(target)
         status = self._strided(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, csb,
-                               beta, self._pointer(target), rsc, csc, bias_pointer, nthreads)
+                               beta, self._pointer(target), rsc, csc, bias_pointer,
+                               -nthreads if force_threads else nthreads)
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
         if target is not c:

@@ -9,7 +9,7 @@ import numpy as np
 
 DTYPES = ("float32", "float64")
 ISAS = ("avx512", "avx2", "portable")
-PARALLEL_LOOPS = ("ic", "jr")
+PARALLEL_LOOPS = ("ic", "jr", "2d")
 KU_CHOICES = (1, 2, 4, 8)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the

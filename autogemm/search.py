@@ -13,7 +13,7 @@ import platformdirs
 from . import analytic
 from .evaluate import OK, Request, Result
 from .machine import Machine
-from .params import KU_CHOICES, InvalidParams, KernelParams, vector_widths
+from .params import KU_CHOICES, PARALLEL_LOOPS, InvalidParams, KernelParams, vector_widths
 from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -67,7 +67,7 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
 def grid_space(machine: Machine, threads: int) -> dict:
     """A small grid over the choices that matter most, for --sampler grid."""
     return {"isa": [machine.best_isa], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
-            "kc": [128, 256, 384], "mc": [192, 576], "nc": [4096], "parallel": ["ic", "jr"],
+            "kc": [128, 256, 384], "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
             "prefetch": [0, 8], "threads": [threads]}
 
 
@@ -80,7 +80,7 @@ def suggest(trial: optuna.Trial, machine: Machine, max_threads: int) -> dict:
         "kc": trial.suggest_categorical("kc", list(KC_CHOICES)),
         "mc": trial.suggest_categorical("mc", list(MC_CHOICES)),
         "nc": trial.suggest_categorical("nc", list(NC_CHOICES)),
-        "parallel": trial.suggest_categorical("parallel", ["ic", "jr"]),
+        "parallel": trial.suggest_categorical("parallel", list(PARALLEL_LOOPS)),
         "prefetch": trial.suggest_categorical("prefetch", list(PREFETCH_CHOICES)),
         "threads": trial.suggest_int("threads", 1, max_threads),
     }

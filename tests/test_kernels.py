@@ -29,6 +29,7 @@ def param_grid(isa, dtype):
         base.replace(**tiny, ku=4, parallel="ic", prefetch=2),
         base.replace(**tiny, ku=8, parallel="jr"),
         base.replace(ku=1, mc=2 * base.mr, kc=7, nc=2 * base.nr, parallel="jr", prefetch=1),
+        base.replace(**tiny, ku=2, parallel="2d"),
     ]
 
 
@@ -40,7 +41,7 @@ def sizes(p):
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
-@pytest.mark.parametrize("variant", range(4))
+@pytest.mark.parametrize("variant", range(5))
 def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
     p = param_grid(isa, dtype)[variant]
     kernel = api.build(p)
@@ -49,7 +50,7 @@ def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
         a = random_matrix(rng, (m, k), dtype)
         b = random_matrix(rng, (k, n), dtype)
         c = np.full((m, n), np.nan, dtype)
-        kernel.gemm(a, b, c, threads=2)
+        kernel.gemm(a, b, c, threads=2, force_threads=True)
         ratio = error_ratio(c, a, b, dtype=dtype)
         assert ratio <= 1, f"{p.name}: {m}x{n}x{k} error ratio {ratio}"
 
@@ -71,7 +72,7 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
             c0[...] = np.nan  # beta == 0 must never read C
         c = c0.copy(order="K") if layout_c in ("C", "F") else c0
         before = np.array(c0, np.float64)
-        kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=2)
+        kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=2, force_threads=True)
         ratio = error_ratio(c, a, b, before, alpha, beta, dtype)
         assert ratio <= 1, f"{p.name} {layout_a}/{layout_b}/{layout_c} alpha={alpha} beta={beta}: {ratio}"
 
@@ -94,13 +95,14 @@ def test_empty_and_zero_k(isa, dtype, rng):
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_threads_give_the_same_answer(isa, dtype, threads, rng):
-    p = param_grid(isa, dtype)[1]
+@pytest.mark.parametrize("variant", [1, 2, 4])  # parallel ic, jr, 2d
+def test_threads_give_the_same_answer(isa, dtype, threads, variant, rng):
+    p = param_grid(isa, dtype)[variant]
     kernel = api.build(p)
     a = random_matrix(rng, (101, 67), dtype)
     b = random_matrix(rng, (67, 89), dtype)
     c = np.empty((101, 89), dtype)
-    kernel.gemm(a, b, c, threads=threads)
+    kernel.gemm(a, b, c, threads=threads, force_threads=True)
     assert error_ratio(c, a, b, dtype=dtype) <= 1
 
 
