@@ -205,18 +205,11 @@ def export_workload(spec: str, out_dir=".", *, tokens: int = 256, dtype="float32
 def export_blas(out_dir=".", *, tuned_dir=None) -> list[Path]:
     """Writes and builds `libautogemm_blas.so` (with its C source and header): the Fortran `sgemm_`,
     `dgemm_` and CBLAS `cblas_sgemm`, `cblas_dgemm`, for `LD_PRELOAD` or `-lautogemm_blas`."""
-    import subprocess
-
-    host = machine.detect()
     kernels = {dtype: load(dtype, shape=(2048, 2048, 2048), tuned_dir=tuned_dir).params for dtype in DTYPES}
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     source, header = directory / "autogemm_blas.c", directory / "autogemm_blas.h"
     source.write_text(render.render_blas(kernels))
     header.write_text(render.render_template("blas.h.j2"))
-    library = directory / "libautogemm_blas.so"
-    proc = subprocess.run([*host.compiler.command, *host.compiler.flags, str(source), "-o", str(library), "-lm"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise toolchain.CompileError(f"building {library} failed:\n{proc.stderr[-4000:]}", source)
+    library = toolchain.compile_library(source, directory / "libautogemm_blas.so")
     return [source, header, library]

@@ -42,13 +42,15 @@ def _kernel_values(params: KernelParams) -> dict:
     return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), elem_bytes=itemsize(params.dtype))
 
 
+def _kernel_section(params: KernelParams, ns: str) -> str:
+    """One kernel's static section, its identifiers prefixed with `ns`."""
+    return _environment().get_template("partials/kernel.c.j2").render(**_kernel_values(params), ns=ns)
+
+
 def render_workload(name: str, dtype: str, kernels: list[KernelParams], table: list[dict]) -> str:
     """One translation unit holding several kernels (each under its own prefix), a dispatcher over
     `table` (rows of m, n, k, trans_a, trans_b, kernel index) and llm.c's matmul entry points."""
-    sections = [
-        _environment().get_template("partials/kernel.c.j2").render(**_kernel_values(p), ns=f"agk{i}_")
-        for i, p in enumerate(kernels)
-    ]
+    sections = [_kernel_section(p, f"agk{i}_") for i, p in enumerate(kernels)]
     return _environment().get_template("workload.c.j2").render(
         workload=name, dtype=dtype, ctype=_ctype(dtype), sections=sections, kernels=kernels, table=table,
         version=__version__)
@@ -56,11 +58,7 @@ def render_workload(name: str, dtype: str, kernels: list[KernelParams], table: l
 
 def render_blas(kernels: dict[str, KernelParams]) -> str:
     """libautogemm_blas: Fortran and CBLAS SGEMM/DGEMM over the float32 and float64 kernels."""
-    sections = {
-        dtype: _environment().get_template("partials/kernel.c.j2").render(
-            **_kernel_values(p), ns="ags_" if dtype == "float32" else "agd_")
-        for dtype, p in kernels.items()
-    }
+    sections = {dtype: _kernel_section(p, "ags_" if dtype == "float32" else "agd_") for dtype, p in kernels.items()}
     return _environment().get_template("blas.c.j2").render(sections=sections, kernels=kernels, version=__version__)
 
 

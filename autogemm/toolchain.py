@@ -118,6 +118,30 @@ def cache_dir() -> Path:
     return fallback
 
 
+def compile_library(source_path: Path, library: Path, compiler: Compiler | None = None) -> Path:
+    """Compiles one C file into a shared library that appears at `library` by an atomic rename.
+
+    A failure raises CompileError naming the source, which is left where it is.
+    """
+    compiler = compiler or detect()
+    fd, tmp = tempfile.mkstemp(prefix=f".{library.stem}-", suffix=".so.tmp", dir=library.parent)
+    os.close(fd)
+    try:
+        try:
+            proc = subprocess.run([*compiler.command, *compiler.flags, str(source_path), "-o", tmp, "-lm"],
+                                  capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            raise CompileError(f"compiling {source_path} took over 600 s (source kept)", source_path) from exc
+        if proc.returncode != 0:
+            raise CompileError(f"{compiler.command[0]} failed on {source_path} (source kept):\n{proc.stderr[-4000:]}",
+                               source_path)
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return library
+
+
 def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Path:
     """Compiles `source` into a shared library, cached by a hash of source, compiler and flags.
 
@@ -137,23 +161,6 @@ def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Pa
             return library
         source_path = directory / f"{name}-{key}.c"
         source_path.write_text(source)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".so.tmp", dir=directory)
-        os.close(fd)
-        try:
-            try:
-                proc = subprocess.run([*compiler.command, *flags, str(source_path), "-o", tmp, "-lm"],
-                                      capture_output=True, text=True, timeout=600)
-            except subprocess.TimeoutExpired as exc:
-                raise CompileError(f"compiling {name} took over 600 s (source kept at {source_path})",
-                                   source_path) from exc
-            if proc.returncode != 0:
-                raise CompileError(
-                    f"{compiler.command[0]} failed on {name} (source kept at {source_path}):\n{proc.stderr[-4000:]}",
-                    source_path,
-                )
-            os.replace(tmp, library)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        compile_library(source_path, library, compiler)
         source_path.unlink()
     return library
