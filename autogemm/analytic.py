@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from .machine import Machine
-from .params import KU_CHOICES, REGISTER_BUDGET, KernelParams, itemsize, registers_needed, vector_widths
+from .params import (KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, k_per_element,
+                     packed_itemsize, registers_needed, vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
@@ -21,9 +22,9 @@ def register_budget(machine: Machine, isa: str) -> int:
 
 
 def portable_vector_width(machine: Machine, dtype: str) -> int:
-    """Widest vector the compiler will lower the portable template to on this CPU."""
+    """Widest vector (in accumulator lanes) the compiler will lower the portable template to on this CPU."""
     bytes_ = 64 if "avx512f" in machine.features else 32 if "avx" in machine.features else 16
-    return bytes_ // itemsize(dtype)
+    return bytes_ // itemsize(accumulator_dtype(dtype))
 
 
 def register_tile(budget: int, vw: int) -> tuple[int, int]:
@@ -44,19 +45,19 @@ def register_tile(budget: int, vw: int) -> tuple[int, int]:
     return best
 
 
-def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str) -> tuple[int, int, int]:
+def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str, isa: str) -> tuple[int, int, int]:
     """KC, MC, NC from the caches.
 
     Low et al. size KC so the B micro-panel (KC x NR) stays in L1. With NR four vectors wide that
     leaves KC under 100, too short to amortise the C tile's load and store; so KC instead lets the
     B micro-panel take a quarter of L2 (capped at 384) and the streaming prefetchers feed L1. MC
     makes the packed A block fill the L2 ways that B and C leave free; NC sizes the packed B panel
-    to half of L3.
+    to half of L3. Sizes are in packed bytes, so bfloat16 pairs take twice the k of float32.
     """
-    size = itemsize(dtype)
+    size = packed_itemsize(dtype, isa)
     l2, l3 = machine.caches[2], machine.caches[3]
     kc = l2.size // 4 // (nr * size)
-    kc = max(64, min(384, kc // 16 * 16))
+    kc = max(64, min(384 * 4 // size, kc // 16 * 16))
     ways_a = max(1, l2.ways - 2)
     mc = ways_a * l2.sets * l2.line // 2 // (kc * size)
     mc = max(mr, min(4096, mc) // mr * mr)
@@ -67,10 +68,10 @@ def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str) -> tuple[int, i
 
 def default_params(machine: Machine, dtype: str = "float32", isa: str | None = None) -> KernelParams:
     """The analytic default kernel for `machine`, on its best ISA unless `isa` is given."""
-    isa = isa or machine.best_isa
+    isa = isa or machine.best_isa_for(dtype)
     vw = portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype))
     mr, nr = register_tile(register_budget(machine, isa), vw)
-    mc, kc, nc = cache_blocks(machine, mr, nr, dtype)
+    mc, kc, nc = cache_blocks(machine, mr, nr, dtype, isa)
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
                         parallel="ic", prefetch=0)

@@ -9,16 +9,18 @@ import cffi
 import numpy as np
 
 from .machine import Machine, available_cores
-from .params import DTYPES, KernelParams
+from .params import BLAS_LETTER, DTYPES, KernelParams, accumulator_dtype, numpy_dtype
 
 _CDEF = """
 int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
-    const {t} *a, ptrdiff_t rsa, ptrdiff_t csa, const {t} *b, ptrdiff_t rsb, ptrdiff_t csb,
-    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, const {t} *bias, int nthreads);
+    const {i} *a, ptrdiff_t rsa, ptrdiff_t csa, const {i} *b, ptrdiff_t rsb, ptrdiff_t csb,
+    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, const {t} *bias, int nthreads{sources});
 int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-    const {t} *a, const {t} *b, {t} beta, {t} *c, const {t} *bias, int nthreads, int warmup, int reps,
+    const {i} *a, const {i} *b, {t} beta, {t} *c, const {t} *bias, int nthreads, int warmup, int reps,
     double *seconds);
 """
+#: bfloat16 kernels' `sources` flags: which operands hold float32 (rounded to bfloat16 while packing).
+A_FLOAT32, B_FLOAT32 = 1, 2
 
 
 #: Loaded libraries stay loaded for the life of the process: their per-thread packing workspaces
@@ -41,19 +43,21 @@ def resolve_threads(threads: int | None, tuned: int | None = None) -> int:
     return int(threads)
 
 
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_FLOAT32, _FLOAT64, _BFLOAT16 = np.dtype(np.float32), np.dtype(np.float64), numpy_dtype("bfloat16")
 
 
-def computed_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
-    """The native float dtype of a @ b, or TypeError naming the supported dtypes."""
-    result = _FLOAT32
+def computed_dtype(a: np.ndarray, b: np.ndarray) -> str:
+    """The kernel dtype that computes a @ b as numpy would: bfloat16 when both are bfloat16, float64
+    when either is float64, else float32 (a bfloat16 operand widens exactly). TypeError otherwise."""
+    found = set()
     for x in (a, b):
         dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
-        if dtype == _FLOAT64:
-            result = _FLOAT64
-        elif dtype != _FLOAT32:
+        if dtype not in (_FLOAT32, _FLOAT64, _BFLOAT16):
             raise TypeError(f"autogemm supports {', '.join(DTYPES)}; got {x.dtype}")
-    return result
+        found.add(dtype)
+    if found == {_BFLOAT16}:
+        return "bfloat16"
+    return "float64" if _FLOAT64 in found else "float32"
 
 
 def _element_strides(x: np.ndarray) -> tuple[int, int] | None:
@@ -73,13 +77,17 @@ class Kernel:
         self.machine = machine
         self.source = source
         self.library = library
-        self.dtype = np.dtype(params.dtype)
+        self.dtype = np.dtype(accumulator_dtype(params.dtype))  # of C, alpha, beta and the bias
+        self.paired = params.dtype == "bfloat16"
+        #: Operand dtypes read in place: a bfloat16 kernel also rounds float32 while packing.
+        self.input_dtypes = (_BFLOAT16, _FLOAT32) if self.paired else (self.dtype,)
         self.tuned: dict | None = None  # the tuned-file entry this kernel came from, if any
         self.default_threads: int | None = None  # the thread count that entry was fastest with
-        self._ctype = "float" if params.dtype == "float32" else "double"
-        letter = "s" if params.dtype == "float32" else "d"
+        self._ctype = "float" if self.dtype == _FLOAT32 else "double"
+        letter = BLAS_LETTER[params.dtype]
         self._ffi = cffi.FFI()
-        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype))
+        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype, i="void" if self.paired else self._ctype,
+                                    sources=", int sources" if self.paired else ""))
         self._lib = self._ffi.dlopen(str(library))
         self._pointer_type = self._ffi.typeof(f"{self._ctype} *")
         _LOADED.append((self._ffi, self._lib))
@@ -92,10 +100,14 @@ class Kernel:
     def _pointer(self, x: np.ndarray):
         return self._ffi.cast(self._pointer_type, x.ctypes.data)
 
+    def _operand_pointer(self, x: np.ndarray):
+        return self._ffi.cast("void *" if self.paired else self._pointer_type, x.ctypes.data)
+
     def _usable(self, x: np.ndarray) -> np.ndarray:
-        """`x` itself when the C code can read it in place, else a contiguous native copy."""
-        if x.dtype != self.dtype or not x.dtype.isnative or _element_strides(x) is None:
-            return np.ascontiguousarray(x, dtype=self.dtype.newbyteorder("="))
+        """`x` itself when the C code can read it in place, else a contiguous native copy (float32
+        for a bfloat16 kernel, whose packing rounds it)."""
+        if x.dtype not in self.input_dtypes or _element_strides(x) is None:
+            return np.ascontiguousarray(x, dtype=self.input_dtypes[-1])
         return x
 
     def gemm(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, *, alpha: float = 1.0,
@@ -111,8 +123,10 @@ class Kernel:
         for name, x in (("a", a), ("b", b), ("c", c)):
             if not isinstance(x, np.ndarray) or x.ndim != 2:
                 raise ValueError(f"gemm: {name} must be a 2-D numpy array")
-            if x.dtype.kind != "f" or x.dtype.itemsize != self.dtype.itemsize:
-                raise TypeError(f"gemm: this kernel is {self.dtype}; {name} is {x.dtype}")
+            accepted = (self.dtype,) if name == "c" else self.input_dtypes
+            if x.dtype.newbyteorder("=") not in accepted:
+                raise TypeError(f"gemm: this {self.params.dtype} kernel takes {name} as "
+                                f"{' or '.join(map(str, accepted))}, not {x.dtype}")
         (m, k), (k2, n) = a.shape, b.shape
         if k != k2 or c.shape != (m, n):
             raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {c.shape} do not match")
@@ -133,9 +147,11 @@ class Kernel:
         rsa, csa = _element_strides(a)
         rsb, csb = _element_strides(b)
         rsc, csc = _element_strides(target)
-        status = self._strided(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, csb,
-                               beta, self._pointer(target), rsc, csc, bias_pointer,
-                               -nthreads if force_threads else nthreads)
+        extra = ((A_FLOAT32 if a.dtype == _FLOAT32 else 0) | (B_FLOAT32 if b.dtype == _FLOAT32 else 0),) \
+            if self.paired else ()
+        status = self._strided(m, n, k, alpha, self._operand_pointer(a), rsa, csa, self._operand_pointer(b), rsb,
+                               csb, beta, self._pointer(target), rsc, csc, bias_pointer,
+                               -nthreads if force_threads else nthreads, *extra)
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
         if target is not c:
@@ -147,10 +163,11 @@ class Kernel:
         a, b = np.asarray(a), np.asarray(b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: Input operand does not have enough dimensions")
-        if computed_dtype(a, b) != self.dtype:
+        if computed_dtype(a, b) != self.params.dtype and not self.paired:
             raise TypeError(f"this kernel computes {self.dtype}; inputs are {a.dtype} and {b.dtype}")
-        a2 = (a[np.newaxis, :] if a.ndim == 1 else a).astype(self.dtype, copy=False)
-        b2 = (b[:, np.newaxis] if b.ndim == 1 else b).astype(self.dtype, copy=False)
+        a2, b2 = (a[np.newaxis, :] if a.ndim == 1 else a), (b[:, np.newaxis] if b.ndim == 1 else b)
+        if not self.paired:
+            a2, b2 = a2.astype(self.dtype, copy=False), b2.astype(self.dtype, copy=False)
         if a2.shape[-1] != b2.shape[-2]:
             raise ValueError(
                 f"matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc signature "
@@ -189,8 +206,8 @@ class Kernel:
               c: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
         """Seconds of each of `reps` timed calls of c = op(a) @ op(b) + bias + beta * c, timed inside C
         after `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a."""
-        a = np.ascontiguousarray(a, self.dtype)
-        b = np.ascontiguousarray(b, self.dtype)
+        a = np.ascontiguousarray(a, self.input_dtypes[0])
+        b = np.ascontiguousarray(b, self.input_dtypes[0])
         m, k = a.shape[::-1] if trans_a else a.shape
         n = b.shape[0] if trans_b else b.shape[1]
         if c is None:
@@ -202,7 +219,7 @@ class Kernel:
             if bias.shape != (n,):
                 raise ValueError(f"bench: bias must have shape ({n},)")
         seconds = np.zeros(reps, np.float64)
-        status = self._bench(int(trans_a), int(trans_b), m, n, k, self._pointer(a), self._pointer(b), beta,
+        status = self._bench(int(trans_a), int(trans_b), m, n, k, self._operand_pointer(a), self._operand_pointer(b), beta,
                              self._pointer(c), self._pointer(bias) if bias is not None else self._ffi.NULL,
                              resolve_threads(threads), warmup, reps,
                              self._ffi.cast("double *", seconds.ctypes.data))

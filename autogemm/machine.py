@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import archspec.cpu
+import archspec.cpu.detect
 
 from . import toolchain
 
@@ -56,7 +57,18 @@ class Machine:
 
     @property
     def best_isa(self) -> str:
+        """The best ISA for float32 and float64 (the one the machine id names)."""
         return self.isas[0]
+
+    def isas_for(self, dtype: str) -> tuple[str, ...]:
+        """ISAs that can compute `dtype`, best first: bfloat16 adds vdpbf16ps where the CPU has it,
+        and otherwise runs on the float32 kernels, widening while it packs."""
+        if dtype == "bfloat16" and "avx512_bf16" in self.features and "avx512f" in self.features:
+            return ("avx512bf16",) + self.isas
+        return self.isas
+
+    def best_isa_for(self, dtype: str) -> str:
+        return self.isas_for(dtype)[0]
 
     @property
     def machine_id(self) -> str:
@@ -68,7 +80,7 @@ class Machine:
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts))
 
     def supports(self, isa: str) -> bool:
-        return isa in self.isas
+        return isa in self.isas_for("bfloat16")
 
     def describe(self) -> dict:
         return {
@@ -156,7 +168,9 @@ def detect() -> Machine:
         microarch=host.name,
         vendor=str(host.vendor).lower() if host.vendor != "generic" else _vendor_from_cpuinfo(),
         model=_cpu_model() if generic else "",
-        features=frozenset(host.features),
+        # The named microarchitecture lists only its canonical features; what this CPU reports
+        # (avx512_bf16 on a Zen 4 seen as x86_64_v4, say) comes from the raw detection.
+        features=frozenset(host.features) | frozenset(archspec.cpu.detect.detected_info().features),
         cores=available_cores(),
         caches=detect_caches(),
         compiler=toolchain.detect(),

@@ -5,17 +5,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
-DTYPES = ("float32", "float64")
-ISAS = ("avx512", "avx2", "portable")
+DTYPES = ("float32", "float64", "bfloat16")
+ISAS = ("avx512bf16", "avx512", "avx2", "portable")
+#: ISAs that only bfloat16 kernels use: they multiply pairs of k (vdpbf16ps), so packing interleaves pairs.
+PAIRED_ISAS = ("avx512bf16",)
 PARALLEL_LOOPS = ("ic", "jr", "2d")
 KU_CHOICES = (1, 2, 4, 8)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the
 #: compiler lowers it to; 32 matches AArch64 NEON/SVE and AVX-512, the widest common case.
-REGISTER_BUDGET = {"avx512": 32, "avx2": 16, "portable": 32}
-_VECTOR_BYTES = {"avx512": (64,), "avx2": (32,), "portable": (16, 32, 64)}
+REGISTER_BUDGET = {"avx512bf16": 32, "avx512": 32, "avx2": 16, "portable": 32}
+_VECTOR_BYTES = {"avx512bf16": (64,), "avx512": (64,), "avx2": (32,), "portable": (16, 32, 64)}
+#: The BLAS-style prefix letter of each dtype's routines: sgemm, dgemm, bgemm.
+BLAS_LETTER = {"float32": "s", "float64": "d", "bfloat16": "b"}
+_ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
 
 _LIMITS = {  # inclusive ranges that keep the generated code and its stack tile reasonable
     "mr": (1, 32),
@@ -32,12 +38,34 @@ class InvalidParams(ValueError):
 
 
 def itemsize(dtype: str) -> int:
-    return np.dtype(dtype).itemsize
+    """Bytes of one input element."""
+    return _ITEMSIZE[dtype]
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The numpy dtype of an input element (bfloat16 is ml_dtypes')."""
+    return np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def accumulator_dtype(dtype: str) -> str:
+    """The type products are summed in and C is stored in: float32 for bfloat16 inputs."""
+    return "float32" if dtype == "bfloat16" else dtype
+
+
+def k_per_element(isa: str) -> int:
+    """Values of k in one packed element: 2 for the paired bf16 ISAs, else 1."""
+    return 2 if isa in PAIRED_ISAS else 1
+
+
+def packed_itemsize(dtype: str, isa: str) -> int:
+    """Bytes per k of one packed row: bf16 on the paired ISAs, else the accumulator type (the
+    fallback ISAs widen bf16 to float32 while packing)."""
+    return itemsize(dtype) if isa in PAIRED_ISAS else itemsize(accumulator_dtype(dtype))
 
 
 def vector_widths(isa: str, dtype: str) -> tuple[int, ...]:
-    """Lanes per vector register that `isa` offers for `dtype`."""
-    return tuple(b // itemsize(dtype) for b in _VECTOR_BYTES[isa])
+    """Accumulator lanes per vector register that `isa` offers for `dtype`."""
+    return tuple(b // itemsize(accumulator_dtype(dtype)) for b in _VECTOR_BYTES[isa])
 
 
 def registers_needed(mr: int, nr: int, vw: int) -> int:
@@ -73,6 +101,8 @@ class KernelParams:
             raise InvalidParams(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.isa not in ISAS:
             raise InvalidParams(f"isa must be one of {ISAS}, got {self.isa!r}")
+        if self.isa in PAIRED_ISAS and self.dtype != "bfloat16":
+            raise InvalidParams(f"isa {self.isa} computes bfloat16 only, not {self.dtype}")
         if self.parallel not in PARALLEL_LOOPS:
             raise InvalidParams(f"parallel must be one of {PARALLEL_LOOPS}, got {self.parallel!r}")
         for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch"):
@@ -93,6 +123,8 @@ class KernelParams:
             raise InvalidParams(f"nr={self.nr} must be a multiple of the vector width {self.vw}")
         if self.mc % self.mr:
             raise InvalidParams(f"mc={self.mc} must be a multiple of mr={self.mr}")
+        if self.kc % k_per_element(self.isa):
+            raise InvalidParams(f"kc={self.kc} must be even: {self.isa} multiplies pairs of k")
         if self.nc % self.nr:
             raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
         need, have = registers_needed(self.mr, self.nr, self.vw), REGISTER_BUDGET[self.isa]
@@ -104,7 +136,7 @@ class KernelParams:
     @property
     def name(self) -> str:
         """Kernel name; also its cache key and the label in tuned files."""
-        letter = "s" if self.dtype == "float32" else "d"
+        letter = BLAS_LETTER[self.dtype]
         vw = f"_v{self.vw}" if self.isa == "portable" else ""
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"

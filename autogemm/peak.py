@@ -19,11 +19,12 @@ def _peak_library(isa: str, dtype: str):
 
 
 def measure_peak(dtype: str = "float32", threads: int = 1, isa: str | None = None, repeats: int = 5) -> float:
-    """Best-of-`repeats` FMA throughput in GFLOP/s on `threads` threads, on this CPU's best ISA.
+    """Best-of-`repeats` FMA throughput in GFLOP/s on `threads` threads, on this CPU's best ISA for
+    `dtype` (vdpbf16ps for bfloat16 where the CPU has it: 2 multiply-adds per float32 lane).
 
     Each repeat runs about 0.1 s; the best is the least disturbed by other work on the machine.
     """
-    isa = isa or machine.detect().best_isa
+    isa = isa or machine.detect().best_isa_for(dtype)
     lib = _peak_library(isa, dtype)
     iters = 1 << 12
     while (seconds := lib.autogemm_peak_seconds(threads, iters)) < 0.01:

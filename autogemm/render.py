@@ -9,11 +9,11 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
-from .params import KernelParams, itemsize, vector_widths
+from .params import BLAS_LETTER, KernelParams, accumulator_dtype, k_per_element, packed_itemsize, vector_widths
 
 #: FMA chains in the peak microbenchmark: enough to hide latency x pipes on current cores,
 #: few enough to stay in registers with the two constant operands.
-PEAK_CHAINS = {"avx512": 24, "avx2": 12, "portable": 12}
+PEAK_CHAINS = {"avx512bf16": 24, "avx512": 24, "avx2": 12, "portable": 12}
 
 
 def templates_dir() -> Path:
@@ -35,11 +35,14 @@ def _environment() -> jinja2.Environment:
 
 
 def _ctype(dtype: str) -> str:
-    return {"float32": "float", "float64": "double"}[dtype]
+    """The C type of accumulators and C: float for bfloat16 inputs."""
+    return {"float32": "float", "float64": "double"}[accumulator_dtype(dtype)]
 
 
 def _kernel_values(params: KernelParams) -> dict:
-    return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), elem_bytes=itemsize(params.dtype))
+    kp = k_per_element(params.isa)
+    return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), kp=kp,
+                letter=BLAS_LETTER[params.dtype], elem_bytes=packed_itemsize(params.dtype, params.isa) * kp)
 
 
 def _kernel_section(params: KernelParams, ns: str) -> str:
@@ -82,7 +85,7 @@ def render_template(name: str, **values) -> str:
 
 def render_header(dtype: str, kernel_name: str) -> str:
     return _environment().get_template("gemm.h.j2").render(
-        dtype=dtype, ctype=_ctype(dtype), name=kernel_name, version=__version__
+        dtype=dtype, ctype=_ctype(dtype), letter=BLAS_LETTER[dtype], name=kernel_name, version=__version__
     )
 
 
@@ -94,5 +97,6 @@ def render_peak(isa: str, dtype: str) -> str:
         ctype=_ctype(dtype),
         vw=max(vector_widths(isa, dtype)),
         chains=PEAK_CHAINS[isa],
+        kp=k_per_element(isa),
         version=__version__,
     )
