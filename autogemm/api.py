@@ -11,18 +11,50 @@ import numpy as np
 
 from . import analytic, machine, render, store, toolchain
 from .kernel import Kernel, computed_dtype
-from .params import DTYPES, KernelParams
+from .params import DTYPES, KernelParams, numpy_dtype
 
 
 class IsaUnavailable(RuntimeError):
     """The parameters ask for an ISA this CPU does not have."""
 
 
+_ALIASES = {"f4": "float32", "float": "float32", "f8": "float64", "double": "float64", "bf16": "bfloat16"}
+
+
 def _check_dtype(dtype) -> str:
-    name = np.dtype(dtype).name if not isinstance(dtype, str) or dtype in ("f4", "f8", "float", "double") else dtype
+    if isinstance(dtype, str):
+        name = _ALIASES.get(dtype, dtype)
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
     if name not in DTYPES:
         raise TypeError(f"autogemm supports {', '.join(DTYPES)}; got {dtype}")
     return name
+
+
+def _kernel_dtype(a: np.ndarray, b: np.ndarray, compute) -> str:
+    """What computes a @ b: numpy's promotion, or bfloat16 for any float inputs with compute="bf16"."""
+    if compute is None:
+        return computed_dtype(a, b)
+    if _check_dtype(compute) != "bfloat16":
+        raise ValueError(f"compute must be None or 'bf16', got {compute!r}")
+    computed_dtype(a, b)  # the same TypeError for unsupported inputs
+    return "bfloat16"
+
+
+def _result_dtype(kernel_dtype: str, out_dtype, out) -> np.dtype:
+    """The dtype handed back: float32 for bfloat16 compute unless out_dtype (or out) says bfloat16."""
+    natural = np.dtype("float32") if kernel_dtype == "bfloat16" else np.dtype(kernel_dtype)
+    wanted = out_dtype if out_dtype is not None else (out.dtype if isinstance(out, np.ndarray) else None)
+    if wanted is None:
+        return natural
+    wanted = numpy_dtype(_check_dtype(wanted))
+    if wanted != natural and not (kernel_dtype == "bfloat16" and wanted == numpy_dtype("bfloat16")):
+        raise TypeError(f"out_dtype {wanted} is not available for {kernel_dtype} compute (it gives {natural}"
+                        f"{' or bfloat16' if kernel_dtype == 'bfloat16' else ''})")
+    return wanted
 
 
 def check_runnable(params: KernelParams) -> None:
@@ -103,26 +135,47 @@ def _load_tuned(dtype, shape, threads, layout, beta, tuned_dir, signature) -> Ke
     return kernel
 
 
-def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-    """`numpy.matmul` for float32 and float64, computed by this machine's autogemm kernel.
+def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None, *, compute=None,
+           out_dtype=None) -> np.ndarray:
+    """`numpy.matmul` for float32, float64 and bfloat16, computed by this machine's autogemm kernel.
+
+    bfloat16 inputs (ml_dtypes.bfloat16) are multiplied exactly and summed in float32; the result is
+    float32, or bfloat16 with `out_dtype` (or a bfloat16 `out`). `compute="bf16"` rounds float
+    inputs to bfloat16 while packing, so float32 callers get the bfloat16 speed.
 
     Example:
         >>> a = np.arange(6, dtype=np.float64).reshape(2, 3)
         >>> matmul(a, a.T).tolist()
         [[5.0, 14.0], [14.0, 50.0]]
+        >>> matmul(a.astype(np.float32), a.T.astype(np.float32), compute="bf16").dtype
+        dtype('float32')
     """
     a, b = np.asarray(a), np.asarray(b)
+    kernel_dtype = _kernel_dtype(a, b, compute)
+    result_dtype = _result_dtype(kernel_dtype, out_dtype, out)
     shape = (a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1] if a.ndim else 1)
-    return load(computed_dtype(a, b).name, shape=shape, threads=threads)(a, b, out=out, threads=threads)
+    kernel = load(kernel_dtype, shape=shape, threads=threads)
+    if result_dtype == kernel.dtype:
+        return kernel(a, b, out=out, threads=threads)
+    result = kernel(a, b, threads=threads)  # float32, narrowed to bfloat16 below
+    if out is None:
+        return result.astype(result_dtype)
+    if out.shape != result.shape:
+        raise ValueError(f"out has shape {out.shape}; matmul of {a.shape} and {b.shape} gives {result.shape}")
+    out[...] = result
+    return out
 
 
 def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float = 0.0, trans_a: bool = False,
-         trans_b: bool = False, bias=None, threads: int | None = None) -> np.ndarray:
+         trans_b: bool = False, bias=None, threads: int | None = None, compute=None,
+         out_dtype=None) -> np.ndarray:
     """c := alpha * op(a) @ op(b) + bias + beta * c, op(x) = x.T when its trans flag is set.
 
     Transposes are handled in packing, without copies; `beta=1` accumulates into `c`; `bias`
     (length N) is added to every row in the kernel's epilogue. Without `c`, a new array is
     returned (beta must then be 0). The kernel is this machine's tuned entry nearest to the shape.
+    bfloat16 (inputs, or `compute="bf16"`) sums in float32 and returns float32 unless `out_dtype`
+    or a bfloat16 `c` asks for bfloat16, as in `matmul`.
 
     Example:
         >>> x, w, bias = np.ones((4, 3)), np.ones((5, 3)), np.arange(5.0)
@@ -137,19 +190,32 @@ def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float =
     (m, k), (k2, n) = op_a.shape, op_b.shape
     if k != k2:
         raise ValueError(f"gemm: op(a) is {m}x{k} but op(b) is {k2}x{n}")
-    dtype = computed_dtype(a, b)
-    if c is None:
-        if beta != 0:
-            raise ValueError("gemm: beta != 0 needs c")
-        c = np.empty((m, n), dtype)
-    elif not isinstance(c, np.ndarray) or c.shape != (m, n):
+    kernel_dtype = _kernel_dtype(a, b, compute)
+    if c is not None and (not isinstance(c, np.ndarray) or c.shape != (m, n)):
         raise ValueError(f"gemm: c must be an array of shape {(m, n)}")
-    elif c.dtype != dtype:
-        raise TypeError(f"gemm: c has dtype {c.dtype}; the operands compute {dtype}")
+    try:
+        result_dtype = _result_dtype(kernel_dtype, out_dtype, c)
+    except TypeError as error:
+        raise TypeError(f"gemm: {error}") from None
+    if c is not None and c.dtype.newbyteorder("=") != result_dtype:
+        raise TypeError(f"gemm: c has dtype {c.dtype}; the operands compute {result_dtype}")
+    if c is None and beta != 0:
+        raise ValueError("gemm: beta != 0 needs c")
     layout = ("t" if trans_a else "n") + ("t" if trans_b else "n")
-    kernel = load(dtype.name, shape=(m, n, k), threads=threads, layout=layout, beta=1.0 if beta else 0.0)
-    return kernel.gemm(op_a.astype(dtype, copy=False), op_b.astype(dtype, copy=False), c, alpha=alpha, beta=beta,
-                       bias=bias, threads=threads)
+    kernel = load(kernel_dtype, shape=(m, n, k), threads=threads, layout=layout, beta=1.0 if beta else 0.0)
+    if kernel.paired:
+        op_a, op_b = (x if x.dtype in kernel.input_dtypes else x.astype(np.float32) for x in (op_a, op_b))
+    else:
+        op_a, op_b = op_a.astype(kernel.dtype, copy=False), op_b.astype(kernel.dtype, copy=False)
+    if result_dtype == kernel.dtype:
+        target = c if c is not None else np.empty((m, n), kernel.dtype)
+        return kernel.gemm(op_a, op_b, target, alpha=alpha, beta=beta, bias=bias, threads=threads)
+    wide = c.astype(kernel.dtype) if c is not None else np.empty((m, n), kernel.dtype)
+    kernel.gemm(op_a, op_b, wide, alpha=alpha, beta=beta, bias=bias, threads=threads)
+    if c is None:
+        return wide.astype(result_dtype)
+    c[...] = wide
+    return c
 
 
 def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) -> list[Path]:

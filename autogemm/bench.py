@@ -9,6 +9,7 @@ import numpy as np
 import threadpoolctl
 
 from .kernel import Kernel
+from .params import accumulator_dtype, numpy_dtype
 from .peak import measure_peak
 from .workload import Problem
 
@@ -45,16 +46,18 @@ def openblas_coretype() -> str:
 
 #: Seconds to wait after an implementation runs, before another is timed. OpenBLAS's idle threads
 #: spin for up to ~0.1 s after a call (and libgomp's briefly), stealing cores from whatever runs next.
-SETTLE_AFTER = {"numpy": 0.15, "kernel": 0.01}
+SETTLE_AFTER = {"numpy": 0.15, "torch": 0.15, "kernel": 0.01}
 
 
-def operands(problem: Problem, dtype, rng) -> tuple:
-    """Stored (row-major) A and B, an initial C and a bias for `problem`, random and never zero."""
+def operands(problem: Problem, dtype: str, rng) -> tuple:
+    """Stored (row-major) A and B, an initial C and a bias for `problem`, random and never zero.
+    For bfloat16, A and B are bfloat16 and C and the bias float32."""
     m, n, k = problem.shape
-    a = rng.standard_normal((k, m) if problem.trans_a else (m, k), dtype=np.float32).astype(dtype)
-    b = rng.standard_normal((n, k) if problem.trans_b else (k, n), dtype=np.float32).astype(dtype)
-    c = rng.standard_normal((m, n), dtype=np.float32).astype(dtype)
-    bias = rng.standard_normal(n, dtype=np.float32).astype(dtype) if problem.bias else None
+    inputs, accumulator = numpy_dtype(dtype), np.dtype(accumulator_dtype(dtype))
+    a = rng.standard_normal((k, m) if problem.trans_a else (m, k), dtype=np.float32).astype(inputs)
+    b = rng.standard_normal((n, k) if problem.trans_b else (k, n), dtype=np.float32).astype(inputs)
+    c = rng.standard_normal((m, n), dtype=np.float32).astype(accumulator)
+    bias = rng.standard_normal(n, dtype=np.float32).astype(accumulator) if problem.bias else None
     return a, b, c, bias
 
 
@@ -77,6 +80,31 @@ def time_numpy(problem: Problem, a, b, c, bias, threads: int) -> float:
         return time.perf_counter() - start
 
 
+def torch_module():
+    """PyTorch, when installed (the optional `bench` extra), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_version() -> str | None:
+    torch = torch_module()
+    return f"torch {torch.__version__}" if torch else None
+
+
+def time_torch_bf16(torch, problem: Problem, a, b, threads: int) -> float:
+    """Seconds of PyTorch's bfloat16 matmul of the same operands (bfloat16 out, as oneDNN gives it);
+    `a` and `b` are torch bfloat16 tensors in the stored layout."""
+    torch.set_num_threads(threads)
+    op_a = a.T if problem.trans_a else a
+    op_b = b.T if problem.trans_b else b
+    start = time.perf_counter()
+    torch.matmul(op_a, op_b)
+    return time.perf_counter() - start
+
+
 def stats(gflops: list[float]) -> dict:
     p20, median, p80 = np.percentile(gflops, [20, 50, 80])
     return {"median": float(median), "p20": float(p20), "p80": float(p80)}
@@ -92,6 +120,7 @@ class Row:
     pct_peak: float
     vs_numpy: float | None
     efficiency: float | None = None  # GFLOP/s over N x its 1-thread GFLOP/s, when 1 thread was run
+    vs_torch: float | None = None  # against PyTorch's bfloat16 matmul, when it ran
 
 
 def _burst(call, reps: int, warm_seconds: float) -> list[float]:
@@ -111,16 +140,21 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
 
     `shape` is (M, N, K) or a workload Problem (transposes, beta, bias). Every implementation runs
-    on `threads` threads unless `kernel_threads` names another count.
+    on `threads` threads unless `kernel_threads` names another count. For bfloat16, "numpy" is
+    float32 matmul of the same (widened) values, numpy's fastest way, and PyTorch's bfloat16
+    matmul runs too when torch is installed.
     """
     problem = shape if isinstance(shape, Problem) else Problem(*shape)
     kernel_threads = kernel_threads or {}
-    dtype = next(iter(kernels.values())).dtype if kernels else np.dtype("float32")
+    dtype = next(iter(kernels.values())).params.dtype if kernels else "float32"
+    torch = torch_module() if dtype == "bfloat16" and numpy else None
     flops = 2.0 * problem.m * problem.n * problem.k
     rng = np.random.default_rng(seed)
     timings: dict[str, list[float]] = {name: [] for name in kernels}
     if numpy:
         timings["numpy"] = []
+    if torch:
+        timings["torch"] = []
     for _ in range(rounds):
         a, b, c, bias = operands(problem, dtype, rng)
         for name, kernel in kernels.items():
@@ -131,16 +165,23 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             timings[name] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
-            seconds = _burst(lambda: time_numpy(problem, a, b, c, bias, threads), reps, warm_seconds)
+            a32, b32 = a.astype(c.dtype), b.astype(c.dtype)  # no copy unless bfloat16
+            seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias, threads), reps, warm_seconds)
             timings["numpy"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["numpy"])
-    peak = peak or measure_peak(dtype.name, threads)
-    numpy_median = stats(timings["numpy"])["median"] if numpy else None
+        if torch:
+            ta, tb = (torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) for x in (a, b))
+            seconds = _burst(lambda: time_torch_bf16(torch, problem, ta, tb, threads), reps, warm_seconds)
+            timings["torch"] += [flops / s * 1e-9 for s in seconds]
+            time.sleep(SETTLE_AFTER["torch"])
+    peak = peak or measure_peak(dtype, threads)
+    medians = {name: stats(values)["median"] for name, values in timings.items()}
     rows = []
     for name, values in timings.items():
         s = stats(values)
-        rows.append(Row(problem.shape, dtype.name, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
-                        s["median"] / numpy_median if numpy_median else None))
+        rows.append(Row(problem.shape, dtype, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
+                        s["median"] / medians["numpy"] if numpy else None,
+                        vs_torch=s["median"] / medians["torch"] if torch else None))
     return rows
 
 
@@ -154,15 +195,17 @@ def add_scaling(rows: list[Row]) -> None:
 
 def format_table(rows: list[Row], peaks: dict) -> str:
     scaling = any(r.efficiency is not None for r in rows)
+    torch = any(r.vs_torch is not None for r in rows)
     lines = [f"{'shape':>18} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
-             f"{'%peak':>6} {'x numpy':>8}" + (f" {'effic.':>6}" if scaling else "")]
+             f"{'%peak':>6} {'x numpy':>8}" + (f" {'x torch':>8}" if torch else "") + (f" {'effic.':>6}" if scaling else "")]
     for r in rows:
         shape = "x".join(map(str, r.shape))
         spread = f"{r.gflops['p20']:.1f}-{r.gflops['p80']:.1f}"
         ratio = f"{r.vs_numpy:.3f}" if r.vs_numpy is not None else "-"
+        vs_torch = (f" {r.vs_torch:>8.3f}" if r.vs_torch is not None else f" {'-':>8}") if torch else ""
         efficiency = (f" {r.efficiency:>6.2f}" if r.efficiency is not None else f" {'-':>6}") if scaling else ""
         lines.append(f"{shape:>18} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
-                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}" + efficiency)
+                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}" + vs_torch + efficiency)
     lines.append("measured FMA peak (GFLOP/s): " + ", ".join(f"{d} {t} thr {v:.1f}" for (d, t), v in sorted(peaks.items())))
     return "\n".join(lines)
 

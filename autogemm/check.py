@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .params import accumulator_dtype
+
 #: Bound factor: blocked float sums stay well within c * sqrt(K) * eps relative to |alpha||A||B|,
 #: while one lost or doubled term (error ~ |a||b|) exceeds it for K up to ~10^4 in float32.
 TOLERANCE_FACTOR = 8.0
@@ -20,9 +22,12 @@ def reference(a, b, c=None, alpha=1.0, beta=0.0) -> np.ndarray:
 def error_ratio(result, a, b, c=None, alpha=1.0, beta=0.0, dtype=None) -> float:
     """Largest elementwise error divided by its allowed bound; the result is correct if <= 1.
 
-    NaN or Inf where the reference is finite (or the reverse) counts as an infinite error.
+    NaN or Inf where the reference is finite (or the reverse) counts as an infinite error. The bound
+    uses the precision products are summed in: float32 for bfloat16, whose inputs the reference
+    takes as they are (already rounded).
     """
-    dtype = np.dtype(dtype or np.asarray(result).dtype)
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype or np.asarray(result).dtype).name
+    dtype = np.dtype(accumulator_dtype(name))
     expected = reference(a, b, c, alpha, beta)
     result = np.asarray(result, np.float64)
     if result.shape != expected.shape:

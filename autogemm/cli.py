@@ -183,13 +183,15 @@ def cmd_bench(args) -> int:
             if tuned.tuned is not None:
                 kernels = {"tuned": tuned, **kernels}
                 used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
-            rows += bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[(args.dtype, threads)])
+            new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[(args.dtype, threads)])
+            rows += new_rows
             if not args.json:
-                print(bench.format_table(rows[-len(kernels) - 1:], {}).splitlines()[-2], flush=True)
+                print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
     bench.add_scaling(rows)
     report = {
         "machine": machine.detect().describe(),
         "blas": bench.openblas_coretype(),
+        "torch": bench.torch_version() if args.dtype == "bfloat16" else None,
         "peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
         "kernels": used,
         "rows": [bench.row_dict(r) for r in rows],

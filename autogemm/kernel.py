@@ -166,7 +166,9 @@ class Kernel:
         if computed_dtype(a, b) != self.params.dtype and not self.paired:
             raise TypeError(f"this kernel computes {self.dtype}; inputs are {a.dtype} and {b.dtype}")
         a2, b2 = (a[np.newaxis, :] if a.ndim == 1 else a), (b[:, np.newaxis] if b.ndim == 1 else b)
-        if not self.paired:
+        if self.paired:  # bfloat16 and float32 are read in place; anything else becomes float32
+            a2, b2 = (x if x.dtype in self.input_dtypes else x.astype(_FLOAT32) for x in (a2, b2))
+        else:
             a2, b2 = a2.astype(self.dtype, copy=False), b2.astype(self.dtype, copy=False)
         if a2.shape[-1] != b2.shape[-2]:
             raise ValueError(

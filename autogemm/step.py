@@ -28,7 +28,7 @@ def time_baseline(problem: Problem, threads: int, seed: int = 0) -> float | None
     if problem.role not in ROLES:
         return None
     ffi, lib = _baseline()
-    a, b, c, bias = bench.operands(problem, np.float32, np.random.default_rng(seed))
+    a, b, c, bias = bench.operands(problem, "float32", np.random.default_rng(seed))
     if problem.role == "forward":  # out[m, n] = inp[m, k] W[n, k]^T + bias
         dims = (problem.m, problem.k, problem.n)
     elif problem.role == "dinp":  # dinp[m, n] += dout[m, k] W[k, n]
