@@ -11,7 +11,7 @@ import numpy as np
 
 from . import analytic, machine, render, store, toolchain
 from .kernel import Kernel, computed_dtype
-from .params import DTYPES, KernelParams, numpy_dtype
+from .params import BLAS_LETTER, DTYPES, KernelParams, numpy_dtype
 
 
 class IsaUnavailable(RuntimeError):
@@ -219,13 +219,16 @@ def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float =
 
 
 def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) -> list[Path]:
-    """Writes standalone `autogemm_sgemm.c/.h` (or `autogemm_dgemm.*`) with the parameters baked in.
+    """Writes standalone `autogemm_sgemm.c/.h` (`autogemm_dgemm.*`, `autogemm_bgemm.*` for bfloat16)
+    with the parameters baked in.
 
     Returns the paths written. The files need no Python: `cc -O3 -march=native [-fopenmp] -c`.
     """
     dtype = _check_dtype(dtype)
     params = params or load(dtype).params
-    stem = "autogemm_sgemm" if dtype == "float32" else "autogemm_dgemm"
+    if params.dtype != dtype:
+        raise ValueError(f"params are for {params.dtype}, not {dtype}")
+    stem = f"autogemm_{BLAS_LETTER[dtype]}gemm"
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
@@ -247,6 +250,9 @@ def export_workload(spec: str, out_dir=".", *, tokens: int = 256, dtype="float32
     from . import workload
 
     dtype = _check_dtype(dtype)
+    if dtype == "bfloat16":
+        raise ValueError("workload export is float32 or float64 (llm.c's matmuls are float32); "
+                         "for bfloat16 use `autogemm export --dtype bfloat16`")
     problems = workload.distinct(workload.load(spec, tokens))
     kernels: list[KernelParams] = []
     table = []
@@ -271,7 +277,8 @@ def export_workload(spec: str, out_dir=".", *, tokens: int = 256, dtype="float32
 def export_blas(out_dir=".", *, tuned_dir=None) -> list[Path]:
     """Writes and builds `libautogemm_blas.so` (with its C source and header): the Fortran `sgemm_`,
     `dgemm_` and CBLAS `cblas_sgemm`, `cblas_dgemm`, for `LD_PRELOAD` or `-lautogemm_blas`."""
-    kernels = {dtype: load(dtype, shape=(2048, 2048, 2048), tuned_dir=tuned_dir).params for dtype in DTYPES}
+    kernels = {dtype: load(dtype, shape=(2048, 2048, 2048), tuned_dir=tuned_dir).params
+               for dtype in ("float32", "float64")}
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     source, header = directory / "autogemm_blas.c", directory / "autogemm_blas.h"

@@ -18,6 +18,8 @@ from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 KC_CHOICES = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
+#: bfloat16 packs two bytes per k on vdpbf16ps, so its useful KC reach twice as far.
+KC_CHOICES_BF16 = (128, 192, 256, 384, 512, 768, 1024, 1536)
 MC_CHOICES = (48, 96, 192, 288, 384, 576, 768, 1024, 1536)
 NC_CHOICES = (512, 1024, 2048, 4096, 8192)
 PREFETCH_CHOICES = (0, 2, 4, 8, 16)
@@ -37,6 +39,10 @@ def study_name(machine: Machine, dtype: str, problem, threads: int) -> str:
     suffix = "" if (problem.layout, problem.beta, problem.bias) == ("nn", 0.0, False) else (
         f":{problem.layout}:b{problem.beta:g}{':bias' if problem.bias else ''}")
     return f"{machine.machine_id}:{dtype}:{'x'.join(map(str, problem.shape))}{suffix}:t{threads}"
+
+
+def kc_choices(dtype: str) -> tuple[int, ...]:
+    return KC_CHOICES_BF16 if dtype == "bfloat16" else KC_CHOICES
 
 
 def _round_to(value: int, multiple: int) -> int:
@@ -59,25 +65,26 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
     """The search choices that reproduce `p` (used to enqueue the analytic default)."""
     def nearest(options, value):
         return min(options, key=lambda o: abs(math.log(o / value)))
-    return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(KC_CHOICES, p.kc),
+    return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
             "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
             "prefetch": p.prefetch, "threads": threads}
 
 
-def grid_space(machine: Machine, threads: int) -> dict:
+def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
     """A small grid over the choices that matter most, for --sampler grid."""
-    return {"isa": [machine.best_isa], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
-            "kc": [128, 256, 384], "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
+    kc = [256, 512, 768] if dtype == "bfloat16" else [128, 256, 384]
+    return {"isa": [machine.best_isa_for(dtype)], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
+            "kc": kc, "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
             "prefetch": [0, 8], "threads": [threads]}
 
 
-def suggest(trial: optuna.Trial, machine: Machine, max_threads: int) -> dict:
+def suggest(trial: optuna.Trial, machine: Machine, dtype: str, max_threads: int) -> dict:
     return {
-        "isa": trial.suggest_categorical("isa", list(machine.isas)),
+        "isa": trial.suggest_categorical("isa", list(machine.isas_for(dtype))),
         "mr": trial.suggest_int("mr", 1, MAX_MR),
         "nv": trial.suggest_int("nv", 1, MAX_NV),
         "ku": trial.suggest_categorical("ku", list(KU_CHOICES)),
-        "kc": trial.suggest_categorical("kc", list(KC_CHOICES)),
+        "kc": trial.suggest_categorical("kc", list(kc_choices(dtype))),
         "mc": trial.suggest_categorical("mc", list(MC_CHOICES)),
         "nc": trial.suggest_categorical("nc", list(NC_CHOICES)),
         "parallel": trial.suggest_categorical("parallel", list(PARALLEL_LOOPS)),
@@ -86,7 +93,8 @@ def suggest(trial: optuna.Trial, machine: Machine, max_threads: int) -> dict:
     }
 
 
-def make_sampler(name: str, machine: Machine, threads: int, seed: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(name: str, machine: Machine, dtype: str, threads: int,
+                 seed: int | None = None) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
     if name == "random":
@@ -94,7 +102,7 @@ def make_sampler(name: str, machine: Machine, threads: int, seed: int | None = N
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(grid_space(machine, threads), seed=seed)
+        return optuna.samplers.GridSampler(grid_space(machine, dtype, threads), seed=seed)
     raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
@@ -127,7 +135,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
     study = optuna.create_study(
         study_name=study_name(machine, dtype, problem, threads),
         storage=storage or default_storage(),
-        sampler=make_sampler(sampler, machine, threads, seed),
+        sampler=make_sampler(sampler, machine, dtype, threads, seed),
         direction="maximize",
         load_if_exists=True,
     )
@@ -141,7 +149,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
             if t.state == optuna.trial.TrialState.COMPLETE and "kernel" in t.user_attrs}
 
     def objective(trial: optuna.Trial) -> float:
-        choices = suggest(trial, machine, threads)
+        choices = suggest(trial, machine, dtype, threads)
         try:
             params = params_from_choices(machine, dtype, choices)
         except InvalidParams as exc:

@@ -60,7 +60,7 @@ def bench_step(problems: list[Problem], threads: int, *, dtype: str = "float32",
             if seconds is not None:
                 per_call["llmc"] = seconds
         for impl, seconds in per_call.items():
-            totals[impl] += seconds * problem.count
+            totals[impl] = totals.get(impl, 0.0) + seconds * problem.count
         rows.append({"gemm": problem.label(), "count": problem.count, "kernel": kernel.params.name,
                      "tuned": kernel.tuned is not None, "seconds_per_call": per_call})
         if progress:

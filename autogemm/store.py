@@ -23,7 +23,8 @@ from .params import DTYPES, InvalidParams, KernelParams
 
 SCHEMA = 1
 _ENTRY_KEYS = {"dtype", "shape", "threads", "params", "gflops", "numpy_gflops", "vs_numpy", "pct_peak",
-               "peak_gflops", "versions", "date", "tuning", "layout", "beta", "bias", "measured_shape"}
+               "peak_gflops", "versions", "date", "tuning", "layout", "beta", "bias", "measured_shape",
+               "torch_gflops", "vs_torch"}
 LAYOUTS = ("nn", "nt", "tn", "tt")
 
 

@@ -76,7 +76,8 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
     rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads, rounds=5, peak=peak,
                          kernel_threads={name: t for name, (_, t) in names.items()})
     numpy_row = next(r for r in rows if r.impl == "numpy")
-    best_row = max((r for r in rows if r.impl != "numpy"), key=lambda r: r.gflops["median"])
+    torch_row = next((r for r in rows if r.impl == "torch"), None)
+    best_row = max((r for r in rows if r.impl in names), key=lambda r: r.gflops["median"])
     best_params, best_threads = names[best_row.impl]
     record = {
         "dtype": dtype,
@@ -92,13 +93,14 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
         "vs_numpy": best_row.gflops["median"] / numpy_row.gflops["median"],
         "pct_peak": best_row.pct_peak,
         "peak_gflops": peak,
+        **({"torch_gflops": torch_row.gflops["median"], "vs_torch": best_row.vs_torch} if torch_row else {}),
         "versions": versions(host),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "tuning": {"trials": outcome.trials, "statuses": outcome.statuses, "seconds": round(outcome.seconds, 1),
                    "seconds_to_within_3pct": outcome.seconds_to_within_3pct, "sampler": sampler,
                    "run_threads": best_threads, "search_best_gflops": outcome.best_gflops,
                    "finalists": {r.impl: {"kernel": names[r.impl][0].name, "threads": names[r.impl][1],
-                                          "gflops": r.gflops["median"]} for r in rows if r.impl != "numpy"}},
+                                          "gflops": r.gflops["median"]} for r in rows if r.impl in names}},
     }
     target = store.tuned_dir(tuned_dir)
     try:

@@ -11,7 +11,7 @@ def test_info_json(tmp_path):
     assert main(["info", "--json", str(out)]) == 0
     info = json.loads(out.read_text())
     assert info["machine_id"] == machine.detect().machine_id
-    assert set(info["default_kernels"]) == {"float32", "float64"}
+    assert set(info["default_kernels"]) == {"float32", "float64", "bfloat16"}
 
 
 def test_bench_reports_kernel_beside_numpy(tmp_path):

@@ -11,10 +11,16 @@ from autogemm.check import error_ratio
 from conftest import random_matrix
 
 HOST = machine.detect()
+
+
+def acc(dtype):
+    """C's dtype: the accumulator (float32 for bfloat16 inputs)."""
+    return params.accumulator_dtype(dtype)
 TEMPLATES = [
     pytest.param(isa, dtype, marks=pytest.mark.skipif(not HOST.supports(isa), reason=f"CPU lacks {isa}"))
     for isa in params.ISAS
     for dtype in params.DTYPES
+    if isa not in params.PAIRED_ISAS or dtype == "bfloat16"
 ]
 
 
@@ -28,7 +34,8 @@ def param_grid(isa, dtype):
         base,
         base.replace(**tiny, ku=4, parallel="ic", prefetch=2),
         base.replace(**tiny, ku=8, parallel="jr"),
-        base.replace(ku=1, mc=2 * base.mr, kc=7, nc=2 * base.nr, parallel="jr", prefetch=1),
+        base.replace(ku=1, mc=2 * base.mr, kc=8 if isa in params.PAIRED_ISAS else 7,
+                     nc=2 * base.nr, parallel="jr", prefetch=1),
         base.replace(**tiny, ku=2, parallel="2d"),
     ]
 
@@ -49,7 +56,7 @@ def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
     for m, n, k in itertools.product(ms, ns, ks):
         a = random_matrix(rng, (m, k), dtype)
         b = random_matrix(rng, (k, n), dtype)
-        c = np.full((m, n), np.nan, dtype)
+        c = np.full((m, n), np.nan, acc(dtype))
         kernel.gemm(a, b, c, threads=2, force_threads=True)
         ratio = error_ratio(c, a, b, dtype=dtype)
         assert ratio <= 1, f"{p.name}: {m}x{n}x{k} error ratio {ratio}"
@@ -67,7 +74,7 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
     a = random_matrix(rng, (m, k), dtype, layout_a)
     b = random_matrix(rng, (k, n), dtype, layout_b)
     for alpha, beta in [(1.0, 0.0), (-0.5, 0.0), (1.0, 1.0), (2.0, -0.75), (0.0, 0.5)]:
-        c0 = random_matrix(rng, (m, n), dtype, layout_c)
+        c0 = random_matrix(rng, (m, n), acc(dtype), layout_c)
         if beta == 0:
             c0[...] = np.nan  # beta == 0 must never read C
         c = c0.copy(order="K") if layout_c in ("C", "F") else c0
@@ -81,16 +88,16 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
 def test_empty_and_zero_k(isa, dtype, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
     for m, n in [(0, 5), (5, 0), (0, 0)]:
-        c = np.empty((m, n), dtype)
+        c = np.empty((m, n), acc(dtype))
         kernel.gemm(np.ones((m, 3), dtype), np.ones((3, n), dtype), c)
         assert c.shape == (m, n)
-    c = rng.uniform(1, 2, (4, 6)).astype(dtype)
+    c = rng.uniform(1, 2, (4, 6)).astype(acc(dtype))
     original = c.copy()
     kernel.gemm(np.empty((4, 0), dtype), np.empty((0, 6), dtype), c, beta=0.5)
-    np.testing.assert_array_equal(c, (0.5 * original).astype(dtype))
+    np.testing.assert_array_equal(c, (0.5 * original).astype(acc(dtype)))
     c[...] = np.nan
     kernel.gemm(np.empty((4, 0), dtype), np.empty((0, 6), dtype), c, beta=0.0)
-    np.testing.assert_array_equal(c, np.zeros((4, 6), dtype))
+    np.testing.assert_array_equal(c, np.zeros((4, 6), acc(dtype)))
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
@@ -101,7 +108,7 @@ def test_threads_give_the_same_answer(isa, dtype, threads, variant, rng):
     kernel = api.build(p)
     a = random_matrix(rng, (101, 67), dtype)
     b = random_matrix(rng, (67, 89), dtype)
-    c = np.empty((101, 89), dtype)
+    c = np.empty((101, 89), acc(dtype))
     kernel.gemm(a, b, c, threads=threads, force_threads=True)
     assert error_ratio(c, a, b, dtype=dtype) <= 1
 
@@ -113,7 +120,7 @@ def test_nan_and_inf_propagate(isa, dtype, rng):
     b = random_matrix(rng, (12, 7), dtype)
     a[2, 3] = np.nan
     b[5, 4] = np.inf
-    c = np.empty((9, 7), dtype)
+    c = np.empty((9, 7), acc(dtype))
     kernel.gemm(a, b, c)
     expected = a.astype(np.float64) @ b.astype(np.float64)
     np.testing.assert_array_equal(np.isnan(c), np.isnan(expected))
@@ -130,7 +137,7 @@ def test_a_kernel_for_a_missing_isa_is_refused(monkeypatch):
     assert analytic.default_params(plain, "float32").isa == "portable"
 
 
-@pytest.mark.parametrize("isa, flag", [("avx512", "-mavx2"), ("avx2", "-mno-avx2")])
+@pytest.mark.parametrize("isa, flag", [("avx512", "-mavx2"), ("avx2", "-mno-avx2"), ("avx512bf16", "-mavx512f")])
 def test_templates_refuse_to_compile_without_their_isa(isa, flag, tmp_path):
     """The ISA guard: no build can emit instructions for an ISA the target lacks."""
     import subprocess
@@ -138,8 +145,9 @@ def test_templates_refuse_to_compile_without_their_isa(isa, flag, tmp_path):
 
     if HOST.arch != "x86_64":
         pytest.skip("x86 ISA guard")
-    vw = params.vector_widths(isa, "float32")[0]
-    p = params.KernelParams("float32", isa, mr=2, nr=vw, vw=vw, ku=1, mc=2, kc=8, nc=vw)
+    dtype = "bfloat16" if isa in params.PAIRED_ISAS else "float32"
+    vw = params.vector_widths(isa, dtype)[0]
+    p = params.KernelParams(dtype, isa, mr=2, nr=vw, vw=vw, ku=1, mc=2, kc=8, nc=vw)
     src = tmp_path / "k.c"
     src.write_text(render.render_gemm(p))
     proc = subprocess.run([*HOST.compiler.command, "-O1", "-march=x86-64", flag, "-c", str(src), "-o",
