@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 import autogemm
-from autogemm import analytic, machine
+from autogemm import analytic, machine, params as kernel_params
 from autogemm.check import error_ratio
 
 DRIVER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include "autogemm_%(p)sgemm.h"
-static T *slurp(const char *path, size_t count) {
-    T *buf = malloc(count * sizeof(T) + 1);
+static void *slurp(const char *path, size_t count, size_t size) {
+    void *buf = malloc(count * size + 1);
     FILE *f = fopen(path, "rb");
-    if (!f || fread(buf, sizeof(T), count, f) != count) { perror(path); exit(2); }
+    if (!f || fread(buf, size, count, f) != count) { perror(path); exit(2); }
     fclose(f);
     return buf;
 }
@@ -28,7 +28,8 @@ int main(int argc, char **argv) {
     ptrdiff_t lda = atol(argv[6]), ldb = atol(argv[7]), ldc = atol(argv[8]);
     T alpha = (T)atof(argv[9]), beta = (T)atof(argv[10]);
     size_t na = atol(argv[11]), nb = atol(argv[12]), nc = atol(argv[13]);
-    T *a = slurp("a.bin", na), *b = slurp("b.bin", nb), *c = slurp("c.bin", nc);
+    TI *a = slurp("a.bin", na, sizeof(TI)), *b = slurp("b.bin", nb, sizeof(TI));
+    T *c = slurp("c.bin", nc, sizeof(T));
     autogemm_%(p)sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     FILE *f = fopen("out.bin", "wb");
     fwrite(c, sizeof(T), nc, f);
@@ -55,8 +56,8 @@ def _build(directory, letter, command, flags):
                    cwd=directory)
 
 
-@pytest.fixture(scope="module", params=[("float32", "host"), ("float64", "host"), ("float32", "aarch64"),
-                                        ("float64", "aarch64")], ids=lambda p: "-".join(p))
+@pytest.fixture(scope="module", params=[(dtype, target) for target in ("host", "aarch64") for dtype in kernel_params.DTYPES],
+                ids=lambda p: "-".join(p))
 def program(request, tmp_path_factory):
     """The exported C built with plain cc for this machine, or cross-built for 64-bit Arm from the
     portable template and run under qemu (Apple Silicon and Arm servers take that template)."""
@@ -71,12 +72,13 @@ def program(request, tmp_path_factory):
         params = analytic.default_params(arm_machine(), dtype)
         assert params.isa == "portable"
     written = autogemm.export(dtype, directory, params=params)
-    letter = "s" if dtype == "float32" else "d"
+    letter = kernel_params.BLAS_LETTER[dtype]
     assert [p.name for p in written] == [f"autogemm_{letter}gemm.c", f"autogemm_{letter}gemm.h"]
     header = written[1].read_text()
     assert f"void autogemm_{letter}gemm(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k" in header
-    ctype = "float" if dtype == "float32" else "double"
-    (directory / "driver.c").write_text(f"#define T {ctype}\n" + DRIVER % {"p": letter})
+    ctype = "double" if dtype == "float64" else "float"
+    itype = "uint16_t" if dtype == "bfloat16" else ctype  # bfloat16 travels as its bit pattern
+    (directory / "driver.c").write_text(f"#define T {ctype}\n#define TI {itype}\n" + DRIVER % {"p": letter})
     if target == "aarch64":
         _build(directory, letter, [ARM_CC], ["-O3", "-march=armv8-a", "-fopenmp", "-static"])
         return dtype, directory, [QEMU]
@@ -95,6 +97,7 @@ def program(request, tmp_path_factory):
                                                  (130, 1, 257, 0.5, 1.0), (5, 7, 0, 1.0, 0.0)])
 def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, beta):
     dtype, directory, runner = program
+    out_dtype = kernel_params.accumulator_dtype(dtype)
     rng = np.random.default_rng(m * 1000 + n + k)
     op_a = rng.uniform(-1, 1, (m, k)).astype(dtype)
     op_b = rng.uniform(-1, 1, (k, n)).astype(dtype)
@@ -105,7 +108,7 @@ def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, bet
     a_buf[:, : stored_a.shape[1]] = stored_a
     b_buf = np.zeros((stored_b.shape[0], ldb), dtype)
     b_buf[:, : stored_b.shape[1]] = stored_b
-    c_buf = rng.uniform(-1, 1, (m, ldc)).astype(dtype)
+    c_buf = rng.uniform(-1, 1, (m, ldc)).astype(out_dtype)
     if beta == 0:
         c_buf[:, :n] = np.nan
     c_before = c_buf.copy()
@@ -114,7 +117,7 @@ def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, bet
     subprocess.run([*runner, "./driver", str(trans_a), str(trans_b), str(m), str(n), str(k), str(lda), str(ldb), str(ldc),
                     repr(alpha), repr(beta), str(a_buf.size), str(b_buf.size), str(c_buf.size)],
                    check=True, cwd=directory, env={"OMP_NUM_THREADS": "2"})
-    out = np.fromfile(directory / "out.bin", dtype).reshape(m, ldc)
+    out = np.fromfile(directory / "out.bin", out_dtype).reshape(m, ldc)
     assert error_ratio(out[:, :n], op_a, op_b, c_before[:, :n], alpha, beta, dtype) <= 1
     np.testing.assert_array_equal(out[:, n:], c_before[:, n:])  # padding beyond n untouched
 

@@ -250,3 +250,16 @@ def test_end_to_end_tune_on_a_tiny_budget(tmp_path, monkeypatch):
     study = optuna.load_study(study_name=search.study_name(HOST, "float32", (96, 80, 64), 1),
                               storage=search.default_storage())
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+def test_bfloat16_tunes_saves_and_loads(tmp_path, monkeypatch):
+    from autogemm.cli import main
+
+    monkeypatch.setenv("AUTOGEMM_DATA_DIR", str(tmp_path / "data"))
+    assert main(["tune", "--dtype", "bfloat16", "--shape", "64x96x80", "--trials", "2", "--threads", "1",
+                 "--tuned-dir", str(tmp_path / "tuned"), "--seed", "3", "--top-k", "1"]) == 0
+    entries = store.find_entries(HOST.machine_id, tmp_path / "tuned")
+    assert [(e.dtype, e.shape) for e in entries] == [("bfloat16", (64, 96, 80))]
+    assert entries[0].params.isa in HOST.isas_for("bfloat16")
+    kernel = api.load("bfloat16", shape=(64, 96, 80), tuned_dir=tmp_path / "tuned")
+    assert kernel.tuned is not None and kernel.params == entries[0].params

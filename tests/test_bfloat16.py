@@ -1,0 +1,173 @@
+"""bfloat16: exact products summed in float32, float32 callers rounded while packing, and the
+fallback that widens bf16 on CPUs without vdpbf16ps. Kernel-level edge sizes, layouts, threads
+and NaN/Inf for every bf16 ISA are in test_kernels.py."""
+
+import dataclasses
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import autogemm
+from autogemm import analytic, api, machine, params
+from autogemm.check import error_ratio
+
+BF16 = ml_dtypes.bfloat16
+HOST = machine.detect()
+BF16_ISAS = [pytest.param(isa, marks=pytest.mark.skipif(not HOST.supports(isa), reason=f"CPU lacks {isa}"))
+             for isa in params.ISAS]
+
+
+def bf16_kernel(isa):
+    return api.build(analytic.default_params(HOST, "bfloat16", isa))
+
+
+def frobenius_error(result, a, b):
+    expected = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    return np.linalg.norm(np.asarray(result, np.float64) - expected) / np.linalg.norm(expected)
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
+def test_relative_frobenius_error_at_k_4096(isa, rng):
+    """The issue's accuracy bar: <= 1e-5 against float64 on the same bf16 inputs, float32 out."""
+    a = rng.standard_normal((24, 4096)).astype(BF16)
+    b = rng.standard_normal((4096, 40)).astype(BF16)
+    c = np.empty((24, 40), np.float32)
+    bf16_kernel(isa).gemm(a, b, c, threads=2, force_threads=True)
+    assert frobenius_error(c, a, b) <= 1e-5
+
+
+def test_float64_reference_is_sensitive_to_rounding_the_inputs_again(rng):
+    """The bar above can fail: rounding the float32 output to bf16 breaks it by orders of magnitude."""
+    a = rng.standard_normal((24, 4096)).astype(BF16)
+    b = rng.standard_normal((4096, 40)).astype(BF16)
+    assert frobenius_error(autogemm.matmul(a, b, out_dtype="bfloat16"), a, b) > 1e-4
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
+@pytest.mark.parametrize("k", [1, 2, 3, 33, 97])
+def test_odd_k_pairs_are_zero_padded(isa, k, rng):
+    """vdpbf16ps multiplies pairs of k: an odd K leaves half a pair that must count as zero."""
+    kernel = bf16_kernel(isa)
+    m, n = kernel.params.mr + 1, kernel.params.nr - 1
+    a = rng.uniform(0.5, 1.5, (m, k)).astype(BF16)
+    b = rng.uniform(0.5, 1.5, (k, n)).astype(BF16)
+    c = np.full((m, n), np.nan, np.float32)
+    kernel.gemm(a, b, c)
+    assert error_ratio(c, a, b, dtype="bfloat16") <= 1
+
+
+def test_float32_inputs_round_to_nearest_even_like_ml_dtypes():
+    """compute="bf16" rounds float32 while packing exactly as ml_dtypes does: ties to even, NaN stays NaN."""
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x3F807FFF, 0xBF808000, 0x7F7FFFFF, 0x00008000,
+                     0x7FC00001, 0xFF800000, 0x00000001, 0x80000000, 0x3FFFFFFF], np.uint32)
+    a = bits.view(np.float32).reshape(-1, 1)
+    one = np.ones((1, 1), BF16)
+    got = autogemm.matmul(a, one, compute="bf16")
+    expected = a.astype(BF16).astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    finite = ~np.isnan(expected)
+    np.testing.assert_array_equal(got[finite], expected[finite])  # -0.0 * 1 sums to +0.0: equal values
+
+
+def test_compute_bf16_on_float32_and_float64_views(rng):
+    base = rng.standard_normal((90, 70)).astype(np.float32)
+    a = base[::2, 1:]          # strided rows
+    b = rng.standard_normal((50, 69)).astype(np.float64).T  # transposed float64, converted to float32
+    got = autogemm.matmul(a, b, compute="bf16")
+    assert got.dtype == np.float32
+    rounded_a, rounded_b = a.astype(BF16), b.astype(np.float32).astype(BF16)
+    assert error_ratio(got, rounded_a, rounded_b, dtype="bfloat16") <= 1
+    # And it is not the float32 product: the inputs really were rounded.
+    assert np.abs(got - a.astype(np.float64) @ b).max() > 1e-3
+
+
+@pytest.mark.parametrize("layout", ["T", "strided", "negative", "F"])
+def test_bf16_views_are_read_in_place(layout, rng):
+    from conftest import random_matrix
+
+    a = random_matrix(rng, (45, 31), "bfloat16", layout)
+    b = random_matrix(rng, (31, 67), "bfloat16", "T" if layout != "T" else "strided")
+    got = autogemm.matmul(a, b)
+    assert got.dtype == np.float32
+    assert error_ratio(got, a, b, dtype="bfloat16") <= 1
+
+
+def test_out_dtype_and_bf16_out(rng):
+    a = rng.standard_normal((20, 30)).astype(BF16)
+    b = rng.standard_normal((30, 10)).astype(BF16)
+    wide = autogemm.matmul(a, b)
+    narrow = autogemm.matmul(a, b, out_dtype="bfloat16")
+    assert narrow.dtype == BF16
+    np.testing.assert_array_equal(narrow.astype(np.float32), wide.astype(BF16).astype(np.float32))
+    out = np.empty((20, 10), BF16)
+    assert autogemm.matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out.astype(np.float32), narrow.astype(np.float32))
+    with pytest.raises(TypeError, match="out_dtype"):
+        autogemm.matmul(a, b, out_dtype=np.float64)
+
+
+def test_gemm_accumulates_into_bf16_and_float32_c_with_bias(rng):
+    x = rng.standard_normal((16, 40)).astype(BF16)
+    w = rng.standard_normal((24, 40)).astype(BF16)
+    bias = rng.standard_normal(24).astype(np.float32)
+    c32 = rng.standard_normal((16, 24)).astype(np.float32)
+    expected = x.astype(np.float64) @ w.astype(np.float64).T + bias + c32
+    got = autogemm.gemm(x, w, c32.copy(), beta=1.0, trans_b=True, bias=bias)
+    assert np.abs(got - expected).max() < 1e-4
+    c16 = c32.astype(BF16)
+    expected16 = x.astype(np.float64) @ w.astype(np.float64).T + bias + c16.astype(np.float64)
+    autogemm.gemm(x, w, c16, beta=1.0, trans_b=True, bias=bias)
+    assert c16.dtype == BF16
+    # One bf16 rounding of the float32 result: within half a bf16 ulp (2^-8 relative).
+    assert np.all(np.abs(c16.astype(np.float64) - expected16) <= np.abs(expected16) * 2.0 ** -8 + 1e-6)
+
+
+def test_mixed_bf16_and_float32_follows_numpy_promotion(rng):
+    a = rng.standard_normal((8, 9)).astype(BF16)
+    b = rng.standard_normal((9, 7)).astype(np.float32)
+    got = autogemm.matmul(a, b)
+    assert got.dtype == np.float32
+    assert error_ratio(got, a, b, dtype="float32") <= 1  # b was not rounded
+
+
+def test_nan_in_c_is_not_read_when_beta_is_zero_and_inf_propagates(rng):
+    a = rng.standard_normal((13, 17)).astype(BF16)
+    b = rng.standard_normal((17, 11)).astype(BF16)
+    a[3, 4] = np.inf
+    b[6, 2] = np.nan
+    c = np.full((13, 11), np.nan, np.float32)
+    autogemm.gemm(a, b, c)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_array_equal(np.isnan(c), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(c), np.isinf(expected))
+    assert np.isfinite(c).sum() == np.isfinite(expected).sum() > 0
+
+
+def test_without_avx512_bf16_the_float32_kernels_take_over():
+    """A CPU without vdpbf16ps never gets a paired kernel: the default widens bf16 while packing."""
+    no_bf16 = dataclasses.replace(HOST, features=frozenset(HOST.features) - {"avx512_bf16"})
+    assert "avx512bf16" not in no_bf16.isas_for("bfloat16")
+    fallback = analytic.default_params(no_bf16, "bfloat16")
+    assert fallback.isa == no_bf16.best_isa and params.k_per_element(fallback.isa) == 1
+    plain = dataclasses.replace(HOST, arch="x86_64", features=frozenset())
+    assert analytic.default_params(plain, "bfloat16").isa == "portable"
+    with_bf16 = dataclasses.replace(HOST, features=frozenset({"avx512f", "avx512_bf16", "avx2", "fma"}))
+    assert analytic.default_params(with_bf16, "bfloat16").isa == "avx512bf16"
+
+
+def test_paired_isa_is_bfloat16_only_and_needs_an_even_kc():
+    with pytest.raises(params.InvalidParams, match="bfloat16 only"):
+        params.KernelParams("float32", "avx512bf16", mr=6, nr=64, vw=16, ku=4, mc=96, kc=256, nc=4096)
+    with pytest.raises(params.InvalidParams, match="even"):
+        params.KernelParams("bfloat16", "avx512bf16", mr=6, nr=64, vw=16, ku=4, mc=96, kc=255, nc=4096)
+    p = params.KernelParams("bfloat16", "avx512bf16", mr=6, nr=64, vw=16, ku=4, mc=96, kc=768, nc=4096)
+    assert p.name.startswith("ag_bgemm_avx512bf16_6x64")
+
+
+def test_unsupported_dtypes_and_compute_values_are_refused():
+    a = np.ones((2, 2), np.float16)
+    with pytest.raises(TypeError, match="bfloat16"):
+        autogemm.matmul(a, a)
+    with pytest.raises(ValueError, match="compute"):
+        autogemm.matmul(np.ones((2, 2)), np.ones((2, 2)), compute="float64")
