@@ -18,6 +18,8 @@ class IsaUnavailable(RuntimeError):
     """The parameters ask for an ISA this CPU does not have."""
 
 
+#: Native dtypes whose kernel returns the same dtype: matmul's short path.
+_PLAIN = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 _ALIASES = {"f4": "float32", "float": "float32", "f8": "float64", "double": "float64", "bf16": "bfloat16"}
 
 
@@ -150,6 +152,12 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None, *, c
         >>> matmul(a.astype(np.float32), a.T.astype(np.float32), compute="bf16").dtype
         dtype('float32')
     """
+    if (out is None and compute is None and out_dtype is None and type(a) is np.ndarray and type(b) is np.ndarray
+            and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype in _PLAIN
+            and a.shape[1] == b.shape[0]):
+        # The common call, on the shortest path: for small matrices the Python around the C is the cost.
+        kernel = load(_PLAIN[a.dtype], shape=(a.shape[0], b.shape[1], a.shape[1]), threads=threads)
+        return kernel.product(a, b, threads)
     a, b = np.asarray(a), np.asarray(b)
     kernel_dtype = _kernel_dtype(a, b, compute)
     result_dtype = _result_dtype(kernel_dtype, out_dtype, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import numpy as np
 from .machine import Machine, available_cores
 from .params import BLAS_LETTER, DTYPES, KernelParams, accumulator_dtype, numpy_dtype
 
+#: Arrays travel as untyped pointers (the ABI is the same), so any numpy buffer passes without a cast.
 _CDEF = """
 int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
-    const {i} *a, ptrdiff_t rsa, ptrdiff_t csa, const {i} *b, ptrdiff_t rsb, ptrdiff_t csb,
-    {t} beta, {t} *c, ptrdiff_t rsc, ptrdiff_t csc, const {t} *bias, int nthreads{sources});
+    const void *a, ptrdiff_t rsa, ptrdiff_t csa, const void *b, ptrdiff_t rsb, ptrdiff_t csb,
+    {t} beta, void *c, ptrdiff_t rsc, ptrdiff_t csc, const void *bias, int nthreads{sources});
 int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
-    const {i} *a, const {i} *b, {t} beta, {t} *c, const {t} *bias, int nthreads, int warmup, int reps,
-    double *seconds);
+    const void *a, const void *b, {t} beta, void *c, const void *bias, int nthreads, int warmup, int reps,
+    void *seconds);
 """
 #: bfloat16 kernels' `sources` flags: which operands hold float32 (rounded to bfloat16 while packing).
 A_FLOAT32, B_FLOAT32 = 1, 2
@@ -28,16 +30,31 @@ A_FLOAT32, B_FLOAT32 = 1, 2
 _LOADED: list = []
 
 
+@functools.lru_cache(maxsize=1)
+def environment_threads() -> int | None:
+    """$AUTOGEMM_NUM_THREADS, read once per process like OMP_NUM_THREADS (reading the environment
+    costs more than a small GEMM's C call); `environment_threads.cache_clear()` re-reads it."""
+    env = os.environ.get("AUTOGEMM_NUM_THREADS", "").strip()
+    if not env:
+        return None
+    try:
+        threads = int(env)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise ValueError(f"AUTOGEMM_NUM_THREADS must be a positive integer, got {env!r}")
+    return threads
+
+
 def resolve_threads(threads: int | None, tuned: int | None = None) -> int:
     """`threads`, else $AUTOGEMM_NUM_THREADS, else the tuned count, else every core we may use."""
+    if type(threads) is int and threads > 0:
+        return threads
     if threads is None:
-        env = os.environ.get("AUTOGEMM_NUM_THREADS", "").strip()
-        if not env:
-            return min(tuned, available_cores()) if tuned else available_cores()
-        try:
-            threads = int(env)
-        except ValueError:
-            raise ValueError(f"AUTOGEMM_NUM_THREADS must be a positive integer, got {env!r}") from None
+        threads = environment_threads()
+        if threads is None:
+            cores = available_cores()
+            return min(tuned, cores) if tuned else cores
     if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     return int(threads)
@@ -86,10 +103,9 @@ class Kernel:
         self._ctype = "float" if self.dtype == _FLOAT32 else "double"
         letter = BLAS_LETTER[params.dtype]
         self._ffi = cffi.FFI()
-        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype, i="void" if self.paired else self._ctype,
-                                    sources=", int sources" if self.paired else ""))
+        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype, sources=", int sources" if self.paired else ""))
         self._lib = self._ffi.dlopen(str(library))
-        self._pointer_type = self._ffi.typeof(f"{self._ctype} *")
+        self._from_buffer = self._ffi.from_buffer
         _LOADED.append((self._ffi, self._lib))
         self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
@@ -98,10 +114,14 @@ class Kernel:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
 
     def _pointer(self, x: np.ndarray):
-        return self._ffi.cast(self._pointer_type, x.ctypes.data)
-
-    def _operand_pointer(self, x: np.ndarray):
-        return self._ffi.cast("void *" if self.paired else self._pointer_type, x.ctypes.data)
+        """The address of x[0, 0, ...]: the buffer itself when contiguous (a transposed one is read
+        through its transpose, which starts at the same address), else numpy's data pointer."""
+        flags = x.flags
+        if flags.c_contiguous:
+            return self._from_buffer(x)
+        if flags.f_contiguous:
+            return self._from_buffer(x.T)
+        return self._ffi.cast("void *", x.ctypes.data)
 
     def _usable(self, x: np.ndarray) -> np.ndarray:
         """`x` itself when the C code can read it in place, else a contiguous native copy (float32
@@ -144,18 +164,31 @@ class Kernel:
         if (_element_strides(c) is None or not c.dtype.isnative or np.may_share_memory(c, a)
                 or np.may_share_memory(c, b)):
             target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
-        rsa, csa = _element_strides(a)
-        rsb, csb = _element_strides(b)
-        rsc, csc = _element_strides(target)
-        extra = ((A_FLOAT32 if a.dtype == _FLOAT32 else 0) | (B_FLOAT32 if b.dtype == _FLOAT32 else 0),) \
-            if self.paired else ()
-        status = self._strided(m, n, k, alpha, self._operand_pointer(a), rsa, csa, self._operand_pointer(b), rsb,
-                               csb, beta, self._pointer(target), rsc, csc, bias_pointer,
-                               -nthreads if force_threads else nthreads, *extra)
-        if status != 0:
-            raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
+        self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
         if target is not c:
             c[...] = target
+        return c
+
+    def _run(self, a, b, c, alpha, beta, bias_pointer, nthreads: int) -> None:
+        """The C call on checked arrays: a and b readable in place (whole-element strides), c writable
+        and apart from both."""
+        (m, k), n = a.shape, b.shape[1]
+        (rsa, csa), size = a.strides, a.itemsize
+        (rsb, csb), (rsc, csc) = b.strides, c.strides
+        rsa, csa, rsb, csb = rsa // size, csa // size, rsb // b.itemsize, csb // b.itemsize
+        rsc, csc = rsc // c.itemsize, csc // c.itemsize
+        extra = ((A_FLOAT32 if a.dtype == _FLOAT32 else 0) | (B_FLOAT32 if b.dtype == _FLOAT32 else 0),) \
+            if self.paired else ()
+        if self._strided(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, csb, beta,
+                         self._pointer(c), rsc, csc, bias_pointer, nthreads, *extra) != 0:
+            raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
+
+    def product(self, a: np.ndarray, b: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """A new a @ b for 2-D arrays of matching inner size that this kernel reads (see
+        `input_dtypes`): the short path that `autogemm.matmul` takes for plain 2-D operands."""
+        a, b = self._usable(a), self._usable(b)
+        c = np.empty((a.shape[0], b.shape[1]), self.dtype)
+        self._run(a, b, c, 1.0, 0.0, self._ffi.NULL, resolve_threads(threads, self.default_threads))
         return c
 
     def __call__(self, a, b, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
@@ -221,10 +254,10 @@ class Kernel:
             if bias.shape != (n,):
                 raise ValueError(f"bench: bias must have shape ({n},)")
         seconds = np.zeros(reps, np.float64)
-        status = self._bench(int(trans_a), int(trans_b), m, n, k, self._operand_pointer(a), self._operand_pointer(b), beta,
+        status = self._bench(int(trans_a), int(trans_b), m, n, k, self._pointer(a), self._pointer(b), beta,
                              self._pointer(c), self._pointer(bias) if bias is not None else self._ffi.NULL,
                              resolve_threads(threads), warmup, reps,
-                             self._ffi.cast("double *", seconds.ctypes.data))
+                             self._pointer(seconds))
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")
         return seconds

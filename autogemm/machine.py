@@ -96,8 +96,9 @@ class Machine:
         }
 
 
+@functools.lru_cache(maxsize=1)
 def available_cores() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
+    """Cores this process may run on (its affinity mask where the OS has one), read once."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1

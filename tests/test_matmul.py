@@ -97,15 +97,21 @@ def test_errors_match_numpy():
 
 
 def test_thread_count_from_environment(monkeypatch, rng):
-    from autogemm.kernel import resolve_threads
+    from autogemm.kernel import environment_threads, resolve_threads
 
     monkeypatch.setenv("AUTOGEMM_NUM_THREADS", "3")
+    environment_threads.cache_clear()
     assert resolve_threads(None) == 3
     assert resolve_threads(1) == 1
-    monkeypatch.setenv("AUTOGEMM_NUM_THREADS", "lots")
-    with pytest.raises(ValueError, match="AUTOGEMM_NUM_THREADS"):
-        resolve_threads(None)
+    monkeypatch.setenv("AUTOGEMM_NUM_THREADS", "1")
+    assert resolve_threads(None) == 3  # read once per process, like OMP_NUM_THREADS
+    for bad in ("lots", "0"):
+        monkeypatch.setenv("AUTOGEMM_NUM_THREADS", bad)
+        environment_threads.cache_clear()
+        with pytest.raises(ValueError, match="AUTOGEMM_NUM_THREADS"):
+            resolve_threads(None)
     monkeypatch.delenv("AUTOGEMM_NUM_THREADS")
+    environment_threads.cache_clear()
     assert resolve_threads(None) >= 1
 
 
