@@ -18,7 +18,11 @@ SUITES = {
     "gpt2": [(4096, 2304, 768), (4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072),
              (4096, 50304, 768), (768, 2304, 4096), (4096, 768, 2304)],
     "quick": [(1024, 1024, 1024)],
+    # Timed as Python calls (see compare_calls): sizes where the call itself is much of the cost.
+    "small": [(n, n, n) for n in (1, 8, 16, 32, 64, 100, 128, 200)] + [(7, 300, 5), (199, 1, 73), (97, 101, 103)],
 }
+#: Suites whose shapes are timed as whole Python calls rather than inside C.
+CALL_SUITES = ("small",)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -183,6 +187,37 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
                         s["median"] / medians["numpy"] if numpy else None,
                         vs_torch=s["median"] / medians["torch"] if torch else None))
     return rows
+
+
+def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: float | None = None,
+                  seed: int = 0, burst_seconds: float = 0.005) -> list[Row]:
+    """`autogemm.matmul` against `numpy.matmul` as a caller sees them: whole Python calls, the
+    overhead of both included, on fresh C-ordered operands, interleaved in bursts of about
+    `burst_seconds` with a pause after each (OpenBLAS's idle threads spin); the time per call of
+    each burst is one sample."""
+    from . import api
+
+    m, n, k = shape
+    rng = np.random.default_rng(seed)
+    flops = 2.0 * m * n * k
+    impls = {"matmul": lambda a, b: api.matmul(a, b, threads=threads), "numpy": np.matmul}
+    timings: dict[str, list[float]] = {name: [] for name in impls}
+    with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+        for _ in range(rounds):
+            a = rng.standard_normal((m, k), dtype=np.float32).astype(dtype)
+            b = rng.standard_normal((k, n), dtype=np.float32).astype(dtype)
+            for name, call in impls.items():
+                call(a, b)
+                start, calls = time.perf_counter(), 0
+                while (elapsed := time.perf_counter() - start) < burst_seconds or calls < 3:
+                    call(a, b)
+                    calls += 1
+                timings[name].append(flops / (elapsed / calls) * 1e-9)
+                time.sleep(SETTLE_AFTER["numpy" if name == "numpy" else "kernel"])
+    peak = peak or measure_peak(dtype, threads)
+    numpy_median = stats(timings["numpy"])["median"]
+    return [Row((m, n, k), dtype, threads, name, stats(values), 100.0 * stats(values)["median"] / peak,
+                stats(values)["median"] / numpy_median) for name, values in timings.items()]
 
 
 def add_scaling(rows: list[Row]) -> None:

@@ -130,13 +130,14 @@ def _threads_list(text: str) -> list[int]:
     return values
 
 
-def _shapes(args) -> list[tuple[int, int, int]]:
-    shapes = [bench.parse_shape(s) for s in args.shape or []]
+def _shapes(args) -> list[tuple[tuple[int, int, int], bool]]:
+    """(shape, timed as Python calls) for --shape and --suite."""
+    shapes = [(bench.parse_shape(s), bool(getattr(args, "calls", False))) for s in args.shape or []]
     for suite in (args.suite.split(",") if args.suite else []):
         if suite not in bench.SUITES:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
-        shapes += bench.SUITES[suite]
-    return shapes or bench.SUITES["quick"]
+        shapes += [(shape, suite in bench.CALL_SUITES) for shape in bench.SUITES[suite]]
+    return shapes or [(shape, False) for shape in bench.SUITES["quick"]]
 
 
 def cmd_bench_workload(args) -> int:
@@ -177,7 +178,14 @@ def cmd_bench(args) -> int:
     rows, peaks, used = [], {}, {"default": default.params.name}
     for threads in _threads_list(args.threads):
         peaks[(args.dtype, threads)] = measure_peak(args.dtype, threads)
-        for shape in _shapes(args):
+        for shape, calls in _shapes(args):
+            if calls:
+                new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds,
+                                               peak=peaks[(args.dtype, threads)])
+                rows += new_rows
+                if not args.json:
+                    print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
+                continue
             kernels = {"default": default}
             tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
             if tuned.tuned is not None:
@@ -254,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ = sub.add_parser("bench", help="autogemm beside numpy: GFLOP/s, %% of peak, ratio")
     bench_.add_argument("--dtype", choices=DTYPES, default="float32")
     bench_.add_argument("--shape", action="append", help="MxNxK, repeatable")
-    bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)}")
+    bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)} (small: timed as Python calls)")
+    bench_.add_argument("--calls", action="store_true",
+                        help="time --shape as whole Python calls of autogemm.matmul and numpy.matmul, overhead included")
     bench_.add_argument("--threads", default=str(machine.available_cores()), help="comma-separated list")
     bench_.add_argument("--rounds", type=int, default=5, help="interleaved rounds (3 timed calls each)")
     bench_.add_argument("--workload", help="time every GEMM of a step: gpt2-124m, or a JSON file")

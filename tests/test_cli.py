@@ -25,6 +25,25 @@ def test_bench_reports_kernel_beside_numpy(tmp_path):
     assert report["blas"]
 
 
+def test_bench_calls_times_python_calls_beside_numpy(tmp_path):
+    out = tmp_path / "calls.json"
+    assert main(["bench", "--shape", "9x7x5", "--calls", "--threads", "1", "--rounds", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["impl"] for row in rows} == {"matmul", "numpy"}
+    assert all(row["shape"] == [9, 7, 5] and row["gflops"]["median"] > 0 for row in rows)
+    assert next(r for r in rows if r["impl"] == "numpy")["vs_numpy"] == 1.0
+
+
+def test_bench_bfloat16_compares_with_numpy_float32(tmp_path):
+    out = tmp_path / "bf16.json"
+    assert main(["bench", "--dtype", "bfloat16", "--shape", "64x48x40", "--threads", "1", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"default", "numpy"} <= {row["impl"] for row in report["rows"]}
+    assert all(row["dtype"] == "bfloat16" for row in report["rows"])
+    assert "bfloat16/1" in report["peak_gflops"]
+
+
 def test_list_json(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOGEMM_DATA_DIR", str(tmp_path))
     out = tmp_path / "list.json"
