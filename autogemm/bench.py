@@ -77,11 +77,12 @@ def numpy_gemm(problem: Problem, a, b, c, bias) -> None:
         c += bias
 
 
-def time_numpy(problem: Problem, a, b, c, bias, threads: int) -> float:
-    with threadpoolctl.threadpool_limits(threads, user_api="blas"):
-        start = time.perf_counter()
-        numpy_gemm(problem, a, b, c, bias)
-        return time.perf_counter() - start
+def time_numpy(problem: Problem, a, b, c, bias) -> float:
+    """Seconds of one `numpy_gemm`; the caller sets OpenBLAS's thread count once for a whole burst
+    (setting it costs ~0.2 ms and leaves its threads cold for the next call)."""
+    start = time.perf_counter()
+    numpy_gemm(problem, a, b, c, bias)
+    return time.perf_counter() - start
 
 
 def torch_module():
@@ -170,7 +171,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
             a32, b32 = a.astype(c.dtype), b.astype(c.dtype)  # no copy unless bfloat16
-            seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias, threads), reps, warm_seconds)
+            with threadpoolctl.threadpool_limits(threads, user_api="blas"):
+                seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias), reps, warm_seconds)
             timings["numpy"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["numpy"])
         if torch:
