@@ -143,6 +143,9 @@ def _shapes(args) -> list[tuple[tuple[int, int, int], bool]]:
 def cmd_bench_workload(args) -> int:
     from . import step, workload
 
+    if args.dtype == "bfloat16":
+        raise ValueError("bench --workload times float32 or float64 steps (numpy and the llm.c-style loops have "
+                         "no bfloat16 GEMM); time bfloat16 shapes with --shape")
     problems = workload.load(args.workload, args.tokens)
     reports = []
     for threads in _threads_list(args.threads):

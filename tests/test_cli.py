@@ -55,6 +55,8 @@ def test_list_json(tmp_path, monkeypatch):
     (["bench", "--shape", "12xfoo"], "not MxNxK"),
     (["bench", "--threads", "0"], "positive"),
     (["bench", "--suite", "nope"], "unknown suite"),
+    (["bench", "--workload", "gpt2-124m", "--dtype", "bfloat16"], "float32 or float64"),
+    (["export", "--workload", "gpt2-124m", "--dtype", "bfloat16"], "float32 or float64"),
     (["tune", "--shape", "0x5x5"], "positive sizes"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, capsys):
