@@ -263,3 +263,17 @@ def test_bfloat16_tunes_saves_and_loads(tmp_path, monkeypatch):
     assert entries[0].params.isa in HOST.isas_for("bfloat16")
     kernel = api.load("bfloat16", shape=(64, 96, 80), tuned_dir=tmp_path / "tuned")
     assert kernel.tuned is not None and kernel.params == entries[0].params
+
+
+def test_a_finalist_must_beat_the_default_by_the_margin():
+    from autogemm.bench import Row
+    from autogemm.tune import WIN_MARGIN, pick_winner
+
+    def row(name, gflops):
+        return Row((8, 8, 8), "float32", 1, name, {"median": gflops, "p20": gflops, "p80": gflops}, 50.0, 1.0)
+
+    close = [row("#1", 100.0 * (1 + WIN_MARGIN / 2)), row("#2", 100.0)]
+    assert pick_winner(close, "#2").impl == "#2"          # within the noise: the default stays
+    clear = [row("#1", 100.0 * (1 + 2 * WIN_MARGIN)), row("#2", 100.0)]
+    assert pick_winner(clear, "#2").impl == "#1"          # a clear win replaces it
+    assert pick_winner(close, None).impl == "#1"          # no default among them: the fastest
