@@ -211,10 +211,7 @@ def gemm(a, b, c: np.ndarray | None = None, *, alpha: float = 1.0, beta: float =
         raise ValueError("gemm: beta != 0 needs c")
     layout = ("t" if trans_a else "n") + ("t" if trans_b else "n")
     kernel = load(kernel_dtype, shape=(m, n, k), threads=threads, layout=layout, beta=1.0 if beta else 0.0)
-    if kernel.paired:
-        op_a, op_b = (x if x.dtype in kernel.input_dtypes else x.astype(np.float32) for x in (op_a, op_b))
-    else:
-        op_a, op_b = op_a.astype(kernel.dtype, copy=False), op_b.astype(kernel.dtype, copy=False)
+    op_a, op_b = kernel.as_input(op_a), kernel.as_input(op_b)
     if result_dtype == kernel.dtype:
         target = c if c is not None else np.empty((m, n), kernel.dtype)
         return kernel.gemm(op_a, op_b, target, alpha=alpha, beta=beta, bias=bias, threads=threads)

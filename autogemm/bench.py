@@ -170,7 +170,7 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             timings[name] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
-            a32, b32 = a.astype(c.dtype), b.astype(c.dtype)  # no copy unless bfloat16
+            a32, b32 = a.astype(c.dtype, copy=False), b.astype(c.dtype, copy=False)  # widens bfloat16 only
             with threadpoolctl.threadpool_limits(threads, user_api="blas"):
                 seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias), reps, warm_seconds)
             timings["numpy"] += [flops / s * 1e-9 for s in seconds]
@@ -217,9 +217,9 @@ def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: flo
                 timings[name].append(flops / (elapsed / calls) * 1e-9)
                 time.sleep(SETTLE_AFTER["numpy" if name == "numpy" else "kernel"])
     peak = peak or measure_peak(dtype, threads)
-    numpy_median = stats(timings["numpy"])["median"]
-    return [Row((m, n, k), dtype, threads, name, stats(values), 100.0 * stats(values)["median"] / peak,
-                stats(values)["median"] / numpy_median) for name, values in timings.items()]
+    summary = {name: stats(values) for name, values in timings.items()}
+    return [Row((m, n, k), dtype, threads, name, s, 100.0 * s["median"] / peak, s["median"] / summary["numpy"]["median"])
+            for name, s in summary.items()]
 
 
 def add_scaling(rows: list[Row]) -> None:

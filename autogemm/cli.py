@@ -44,9 +44,7 @@ def _entry_line(entry) -> str:
 
 
 def cmd_tune(args) -> int:
-    from .tune import tune
-
-    from .tune import tune_workload
+    from .tune import tune, tune_workload
 
     options = dict(sampler=args.sampler, storage=args.storage, tuned_dir=args.tuned_dir, seed=args.seed,
                    top_k=args.top_k, progress=not args.json)

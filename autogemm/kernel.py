@@ -123,6 +123,11 @@ class Kernel:
             return self._from_buffer(x.T)
         return self._ffi.cast("void *", x.ctypes.data)
 
+    def as_input(self, x: np.ndarray) -> np.ndarray:
+        """`x`, or a copy in the dtype this kernel reads when it cannot read x's (float32 for a
+        bfloat16 kernel, whose packing rounds it)."""
+        return x if x.dtype in self.input_dtypes else x.astype(self.input_dtypes[-1])
+
     def _usable(self, x: np.ndarray) -> np.ndarray:
         """`x` itself when the C code can read it in place, else a contiguous native copy (float32
         for a bfloat16 kernel, whose packing rounds it)."""
@@ -199,10 +204,7 @@ class Kernel:
         if computed_dtype(a, b) != self.params.dtype and not self.paired:
             raise TypeError(f"this kernel computes {self.dtype}; inputs are {a.dtype} and {b.dtype}")
         a2, b2 = (a[np.newaxis, :] if a.ndim == 1 else a), (b[:, np.newaxis] if b.ndim == 1 else b)
-        if self.paired:  # bfloat16 and float32 are read in place; anything else becomes float32
-            a2, b2 = (x if x.dtype in self.input_dtypes else x.astype(_FLOAT32) for x in (a2, b2))
-        else:
-            a2, b2 = a2.astype(self.dtype, copy=False), b2.astype(self.dtype, copy=False)
+        a2, b2 = self.as_input(a2), self.as_input(b2)
         if a2.shape[-1] != b2.shape[-2]:
             raise ValueError(
                 f"matmul: Input operand 1 has a mismatch in its core dimension 0, with gufunc signature "

@@ -80,6 +80,7 @@ class Machine:
         return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts))
 
     def supports(self, isa: str) -> bool:
+        """Whether this CPU runs `isa` for some dtype (bfloat16's list holds every other one)."""
         return isa in self.isas_for("bfloat16")
 
     def describe(self) -> dict:
