@@ -84,6 +84,77 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
         assert ratio <= 1, f"{p.name} {layout_a}/{layout_b}/{layout_c} alpha={alpha} beta={beta}: {ratio}"
 
 
+#: Templates with the direct (unpacked) path: one source type and one value of k per element.
+DIRECT_TEMPLATES = [case for case in TEMPLATES if case.values[1] != "bfloat16"]
+
+
+def unit_column_stride(rng, shape, dtype, layout):
+    """A random matrix whose rows are contiguous: C order, every other row of a bigger array, or
+    reversed rows, as the direct path reads B and writes C."""
+    m, n = shape
+    if layout == "C":
+        return rng.uniform(-1, 1, (m, n)).astype(dtype)
+    if layout == "rows":
+        return rng.uniform(-1, 1, (2 * m, n + 3)).astype(dtype)[::2, :n]
+    if layout == "negative-rows":
+        return rng.uniform(-1, 1, (m, n)).astype(dtype)[::-1]
+    raise ValueError(layout)
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+def test_the_direct_path_takes_problems_whose_b_stays_in_cache(isa, dtype):
+    kernel = api.build(param_grid(isa, dtype)[0])
+    assert kernel.takes_direct(1, 1, 1)
+    assert kernel.takes_direct(100, 100, 100)
+    assert kernel.takes_direct(512, 512, 512)
+    assert kernel.takes_direct(199, 1, 73, csb=73, csc=5)  # one column: its stride does not matter
+    assert not kernel.takes_direct(100, 100, 100, csb=100)  # a transposed B is packed
+    assert not kernel.takes_direct(100, 100, 100, csc=2)
+    assert not kernel.takes_direct(2048, 2048, 2048)
+    assert not kernel.takes_direct(64, 64, 16384)  # a k x NR panel of B too tall for L2
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("layout_a, layout_b, layout_c", [
+    ("C", "C", "C"), ("F", "rows", "rows"), ("T", "negative-rows", "C"), ("strided", "C", "rows"),
+    ("negative", "rows", "negative-rows"),
+])
+def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_b, layout_c, rng):
+    """Edge sizes around MR, NR and the vector width (masked columns), alpha, beta = 0 over NaN, beta != 0
+    and a bias (checked as an extra column of A of ones and row of B), on one thread."""
+    for p in param_grid(isa, dtype)[:2]:
+        kernel = api.build(p)
+        ms, ns, _ = sizes(p)
+        ns = sorted(set(ns) | {p.vw - 1, p.vw + 1} - {0})
+        for m, n, k in itertools.product(ms, ns, [1, 7, 41]):
+            a = random_matrix(rng, (m, k), dtype, layout_a)
+            b = unit_column_stride(rng, (k, n), dtype, layout_b)
+            bias = rng.uniform(-1, 1, n).astype(dtype)
+            with_bias_a = np.hstack([a, np.ones((m, 1), dtype)])
+            with_bias_b = np.vstack([b, bias])
+            for alpha, beta in [(1.0, 0.0), (-1.5, 0.0), (0.5, 1.0), (2.0, -0.75)]:
+                c = unit_column_stride(rng, (m, n), dtype, layout_c)
+                if beta == 0:
+                    c[...] = np.nan  # beta == 0 must never read C
+                before = np.array(c, np.float64)
+                assert kernel.takes_direct(m, n, k, b.strides[1] // b.itemsize, c.strides[1] // c.itemsize)
+                kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=1)
+                ratio = error_ratio(c, with_bias_a, with_bias_b, before, alpha, beta, dtype)
+                assert ratio <= 1, f"{p.name}: {m}x{n}x{k} {layout_a}/{layout_b}/{layout_c} beta={beta}: {ratio}"
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("m, n, k", [(150, 130, 60), (5, 2000, 200)])  # rows, then columns, split
+def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
+    kernel = api.build(param_grid(isa, dtype)[0])
+    assert 2 * m * n * k >= 2e6 and kernel.takes_direct(m, n, k)  # enough work for a second thread
+    a = random_matrix(rng, (m, k), dtype, "T")
+    b = random_matrix(rng, (k, n), dtype)
+    c = np.full((m, n), np.nan, dtype)
+    kernel.gemm(a, b, c, threads=2)
+    assert error_ratio(c, a, b, dtype=dtype) <= 1
+
+
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 def test_empty_and_zero_k(isa, dtype, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
