@@ -9,8 +9,12 @@ Example:
 
 __version__ = "0.1.0"
 
-from .api import export, export_blas, export_workload, gemm, load, matmul  # noqa: E402
+from . import api as _api, fastcall as _fastcall  # noqa: E402
+from .api import export, export_blas, export_workload, gemm, load  # noqa: E402
 from .tune import tune  # noqa: E402
 from .params import InvalidParams, KernelParams  # noqa: E402
+
+#: `api.matmul` behind a C entry point that takes the common call (two 2-D float arrays) to the kernel.
+matmul = _fastcall.wrap(_api.matmul)
 
 __all__ = ["matmul", "gemm", "load", "export", "export_workload", "export_blas", "tune", "KernelParams", "InvalidParams", "__version__"]

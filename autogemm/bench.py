@@ -197,12 +197,12 @@ def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: flo
     overhead of both included, on fresh C-ordered operands, interleaved in bursts of about
     `burst_seconds` with a pause after each (OpenBLAS's idle threads spin); the time per call of
     each burst is one sample."""
-    from . import api
+    import autogemm
 
     m, n, k = shape
     rng = np.random.default_rng(seed)
     flops = 2.0 * m * n * k
-    impls = {"matmul": lambda a, b: api.matmul(a, b, threads=threads), "numpy": np.matmul}
+    impls = {"matmul": lambda a, b: autogemm.matmul(a, b, threads=threads), "numpy": np.matmul}
     timings: dict[str, list[float]] = {name: [] for name in impls}
     with threadpoolctl.threadpool_limits(threads, user_api="blas"):
         for _ in range(rounds):

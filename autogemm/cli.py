@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import __version__, analytic, api, bench, machine, search, toolchain
+from . import __version__, analytic, api, bench, fastcall, machine, search, toolchain
 from .peak import measure_peak
 from .params import DTYPES, KernelParams
 
@@ -26,6 +26,7 @@ def cmd_info(args) -> int:
     info["version"] = __version__
     info["default_kernels"] = {d: analytic.default_params(host, d).name for d in DTYPES}
     info["tuned_entries"] = [_entry_line(e) for e in api.tuned_entries(args.tuned_dir)]
+    info["matmul"] = fastcall.status()
     if args.peak:
         info["peak_gflops"] = {f"{d}/{t}": round(measure_peak(d, t), 1) for d in DTYPES for t in (1, host.cores)}
     if args.json:

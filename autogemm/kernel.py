@@ -115,6 +115,11 @@ class Kernel:
     def __repr__(self) -> str:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
 
+    @property
+    def entry_address(self) -> int:
+        """The address of the library's `autogemm_?gemm_strided`, for callers in C."""
+        return int(self._ffi.cast("uintptr_t", self._strided))
+
     def _pointer(self, x: np.ndarray):
         """The address of x[0, 0, ...]: the buffer itself when contiguous (a transposed one is read
         through its transpose, which starts at the same address), else numpy's data pointer."""

@@ -118,7 +118,8 @@ def cache_dir() -> Path:
     return fallback
 
 
-def compile_library(source_path: Path, library: Path, compiler: Compiler | None = None) -> Path:
+def compile_library(source_path: Path, library: Path, compiler: Compiler | None = None,
+                    extra_flags: tuple[str, ...] = ()) -> Path:
     """Compiles one C file into a shared library that appears at `library` by an atomic rename.
 
     A failure raises CompileError naming the source, which is left where it is.
@@ -128,7 +129,7 @@ def compile_library(source_path: Path, library: Path, compiler: Compiler | None 
     os.close(fd)
     try:
         try:
-            proc = subprocess.run([*compiler.command, *compiler.flags, str(source_path), "-o", tmp, "-lm"],
+            proc = subprocess.run([*compiler.command, *compiler.flags, *extra_flags, str(source_path), "-o", tmp, "-lm"],
                                   capture_output=True, text=True, timeout=600)
         except subprocess.TimeoutExpired as exc:
             raise CompileError(f"compiling {source_path} took over 600 s (source kept)", source_path) from exc
@@ -142,25 +143,28 @@ def compile_library(source_path: Path, library: Path, compiler: Compiler | None 
     return library
 
 
-def build_shared(source: str, name: str, compiler: Compiler | None = None) -> Path:
-    """Compiles `source` into a shared library, cached by a hash of source, compiler and flags.
+def build_shared(source: str, name: str, compiler: Compiler | None = None, extra_flags: tuple[str, ...] = (),
+                 cache_key: str | None = None) -> Path:
+    """Compiles `source` into a shared library, cached by a hash of source, compiler and flags, or
+    by `cache_key` when given (the compiler is then looked for only if the library is not built yet).
 
     Concurrent builders of the same source wait on a file lock; the library appears by an atomic
     rename, so no process ever loads a half-written file. A failed build raises CompileError and
     keeps the source next to the cache for inspection.
     """
-    compiler = compiler or detect()
-    flags = compiler.flags
-    key = hashlib.sha256("\0".join([source, compiler.banner, *compiler.command, *flags]).encode()).hexdigest()[:20]
+    if cache_key is None:
+        compiler = compiler or detect()
+        parts = [source, compiler.banner, *compiler.command, *compiler.flags, *extra_flags]
+        cache_key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
     directory = cache_dir()
-    library = directory / f"{name}-{key}.so"
+    library = directory / f"{name}-{cache_key}.so"
     if library.exists():
         return library
     with filelock.FileLock(str(library) + ".lock", timeout=600):
         if library.exists():
             return library
-        source_path = directory / f"{name}-{key}.c"
+        source_path = directory / f"{name}-{cache_key}.c"
         source_path.write_text(source)
-        compile_library(source_path, library, compiler)
+        compile_library(source_path, library, compiler, tuple(extra_flags))
         source_path.unlink()
     return library

@@ -1,0 +1,143 @@
+"""autogemm.matmul's C entry point: the same answers as the Python path, which takes every call it declines."""
+
+import sysconfig
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import autogemm
+from autogemm import api, fastcall, toolchain
+from autogemm.check import error_ratio
+
+from conftest import LAYOUTS, random_matrix
+
+HEADERS = Path(sysconfig.get_path("include"), "Python.h").exists()
+needs_headers = pytest.mark.skipif(not HEADERS, reason="no Python.h: the C entry point cannot be built here")
+
+
+@needs_headers
+def test_matmul_is_the_c_entry_point_and_keeps_its_documentation():
+    assert type(autogemm.matmul).__name__ == "builtin_function_or_method"
+    assert autogemm.matmul.__doc__ == api.matmul.__doc__
+    assert fastcall.status().startswith("C entry point")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout_a", LAYOUTS)
+@pytest.mark.parametrize("layout_b", LAYOUTS)
+def test_same_bits_as_the_python_path(dtype, layout_a, layout_b, rng):
+    for m, n, k in [(1, 1, 1), (5, 7, 3), (13, 1, 29), (1, 67, 31), (97, 61, 127), (6, 64, 4)]:
+        a = random_matrix(rng, (m, k), dtype, layout_a)
+        b = random_matrix(rng, (k, n), dtype, layout_b)
+        fast = autogemm.matmul(a, b)
+        assert fast.dtype == np.dtype(dtype) and fast.shape == (m, n) and fast.flags.c_contiguous
+        np.testing.assert_array_equal(fast, api.matmul(a, b))
+        assert error_ratio(fast, a, b, dtype=dtype) <= 1, (m, n, k)
+        np.testing.assert_array_equal(autogemm.matmul(a, b, threads=1), api.matmul(a, b, threads=1))
+
+
+def test_empty_shapes_and_zero_k():
+    for dtype in (np.float32, np.float64):
+        assert autogemm.matmul(np.ones((0, 3), dtype), np.ones((3, 4), dtype)).shape == (0, 4)
+        assert autogemm.matmul(np.ones((3, 4), dtype), np.ones((4, 0), dtype)).shape == (3, 0)
+        zeros = autogemm.matmul(np.ones((3, 0), dtype), np.ones((0, 4), dtype))
+        assert zeros.dtype == dtype
+        np.testing.assert_array_equal(zeros, np.zeros((3, 4)))  # a fresh result: no NaN left from np.empty
+
+
+def _outcome(call):
+    try:
+        return "ok", call()
+    except Exception as error:  # the exception's type and text are what is compared
+        return type(error), str(error)
+
+
+def test_declined_calls_behave_as_the_python_path(rng):
+    f32 = rng.uniform(-1, 1, (4, 5)).astype(np.float32)
+    g32 = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
+    cases = [
+        ((f32[0], g32), {}),  # 1-D
+        ((np.stack([f32, f32]), g32), {}),  # stacked
+        ((f32, g32.astype(np.float64)), {}),  # mixed dtypes
+        ((f32.tolist(), g32), {}),  # a list
+        ((f32.astype(ml_dtypes.bfloat16), g32.astype(ml_dtypes.bfloat16)), {}),
+        ((f32.astype(">f4"), g32), {}),  # byte-swapped
+        ((f32, g32), {"out": np.empty((4, 3), np.float32)}),
+        ((f32, g32), {"threads": 2}),
+        ((f32, g32), {"threads": None}),
+        ((f32, g32), {"threads": 0}),
+        ((f32, g32), {"threads": True}),
+        ((f32, g32), {"compute": "bf16"}),
+        ((f32, f32), {}),  # mismatched inner sizes
+        ((f32.astype(np.int32), g32.astype(np.int32)), {}),
+    ]
+    for args, kwargs in cases:
+        fast = _outcome(lambda: autogemm.matmul(*args, **kwargs))
+        slow = _outcome(lambda: api.matmul(*args, **kwargs))
+        assert fast[0] == slow[0], (args, kwargs, fast, slow)
+        if fast[0] == "ok":
+            np.testing.assert_array_equal(fast[1], slow[1])
+            assert fast[1].dtype == slow[1].dtype
+        else:
+            assert fast[1] == slow[1]
+
+
+@needs_headers
+def test_kernel_choices_are_cached_and_forgotten_on_request(rng):
+    module = fastcall.extension()
+    asked = []
+
+    def spy(*args):
+        asked.append(args)
+        return fastcall.choose(*args)
+
+    matmul = module.configure(api.matmul, spy, "doc")
+    try:
+        a = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
+        b = rng.uniform(-1, 1, (3, 7)).astype(np.float32)
+        for _ in range(3):
+            matmul(a, b)
+        assert asked == [("f", 5, 7, 3, 0)]
+        matmul(a, b, threads=1)
+        matmul(a.astype(np.float64), b.astype(np.float64))
+        assert asked[1:] == [("f", 5, 7, 3, 1), ("d", 5, 7, 3, 0)]
+        module.forget()
+        matmul(a, b)
+        assert len(asked) == 4
+    finally:
+        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
+
+
+@needs_headers
+@pytest.mark.parametrize("choice", [RuntimeError("no kernel"), (0, 1), "not a tuple"])
+def test_a_failed_choice_falls_back_to_the_python_path(choice, rng):
+    module = fastcall.extension()
+
+    def failing(*args):
+        if isinstance(choice, Exception):
+            raise choice
+        return choice
+
+    matmul = module.configure(api.matmul, failing, "doc")
+    try:
+        a = rng.uniform(-1, 1, (9, 4))
+        b = rng.uniform(-1, 1, (4, 11))
+        np.testing.assert_array_equal(matmul(a, b), api.matmul(a, b))
+    finally:
+        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
+
+
+def test_without_a_compiler_matmul_is_the_python_one(monkeypatch):
+    def unbuildable():
+        raise toolchain.CompilerNotFound("autogemm needs a C compiler")
+
+    monkeypatch.setattr(fastcall, "extension", unbuildable)
+    try:
+        assert fastcall.wrap(api.matmul) is api.matmul
+        assert fastcall.status() == "Python (the C entry point could not be built: autogemm needs a C compiler)"
+    finally:
+        monkeypatch.undo()
+        fastcall.wrap(api.matmul)
+    assert fastcall.status().startswith("C entry point") == HEADERS
