@@ -20,7 +20,8 @@ int autogemm_{p}gemm_strided(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, {t} alpha,
 int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
     const void *a, const void *b, {t} beta, void *c, const void *bias, int nthreads, int warmup, int reps,
     void *seconds);
-int autogemm_{p}gemm_takes_direct(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t csb, ptrdiff_t csc);
+int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t rsb,
+    ptrdiff_t csb, ptrdiff_t csc);
 """
 #: bfloat16 kernels' `sources` flags: which operands hold float32 (rounded to bfloat16 while packing).
 A_FLOAT32, B_FLOAT32 = 1, 2
@@ -110,7 +111,7 @@ class Kernel:
         _LOADED.append((self._ffi, self._lib))
         self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
-        self._takes_direct = getattr(self._lib, f"autogemm_{letter}gemm_takes_direct")
+        self._path = getattr(self._lib, f"autogemm_{letter}gemm_path")
 
     def __repr__(self) -> str:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
@@ -245,10 +246,14 @@ class Kernel:
             self.gemm(a_full[index], b_full[index], out2[index], threads=threads)
         return out
 
-    def takes_direct(self, m: int, n: int, k: int, csb: int = 1, csc: int = 1) -> bool:
-        """Whether an m x n x k GEMM with these element column strides of B and C skips packing
-        (the direct path for problems whose B stays in cache)."""
-        return bool(self._takes_direct(m, n, k, csb, csc))
+    def path(self, m: int, n: int, k: int, a_strides: tuple[int, int] | None = None,
+             b_strides: tuple[int, int] | None = None, c_column_stride: int = 1) -> str:
+        """How an m x n x k GEMM with these element strides (row-major by default) is computed, unless
+        its thread count is forced: "packed"; "direct", without packing, where B stays in cache; or
+        "gemv" for a matrix times a column or a row times a matrix."""
+        rsa, csa = a_strides or (k, 1)
+        rsb, csb = b_strides or (n, 1)
+        return ("packed", "direct", "gemv", "gemv")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride)]
 
     def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5,
               trans_a: bool = False, trans_b: bool = False, beta: float = 0.0,

@@ -101,17 +101,25 @@ def unit_column_stride(rng, shape, dtype, layout):
     raise ValueError(layout)
 
 
+def elements(x):
+    """x's strides in elements."""
+    return tuple(s // x.itemsize for s in x.strides)
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
-def test_the_direct_path_takes_problems_whose_b_stays_in_cache(isa, dtype):
+def test_paths_without_packing_take_the_problems_whose_b_stays_in_cache(isa, dtype):
     kernel = api.build(param_grid(isa, dtype)[0])
-    assert kernel.takes_direct(1, 1, 1)
-    assert kernel.takes_direct(100, 100, 100)
-    assert kernel.takes_direct(512, 512, 512)
-    assert kernel.takes_direct(199, 1, 73, csb=73, csc=5)  # one column: its stride does not matter
-    assert not kernel.takes_direct(100, 100, 100, csb=100)  # a transposed B is packed
-    assert not kernel.takes_direct(100, 100, 100, csc=2)
-    assert not kernel.takes_direct(2048, 2048, 2048)
-    assert not kernel.takes_direct(64, 64, 16384)  # a k x NR panel of B too tall for L2
+    assert kernel.path(1, 2, 1) == "direct"
+    assert kernel.path(100, 100, 100) == "direct"
+    assert kernel.path(512, 512, 512) == "direct"
+    assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
+    assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
+    assert kernel.path(2048, 2048, 2048) == "packed"
+    assert kernel.path(64, 64, 16384) == "packed"  # a k x NR panel of B too tall for L2
+    assert kernel.path(199, 1, 73) == "gemv"  # a matrix times a column
+    assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "gemv"  # a row times a transposed matrix
+    assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
+    assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
@@ -137,7 +145,8 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
                 if beta == 0:
                     c[...] = np.nan  # beta == 0 must never read C
                 before = np.array(c, np.float64)
-                assert kernel.takes_direct(m, n, k, b.strides[1] // b.itemsize, c.strides[1] // c.itemsize)
+                if n > 1:
+                    assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "direct"
                 kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=1)
                 ratio = error_ratio(c, with_bias_a, with_bias_b, before, alpha, beta, dtype)
                 assert ratio <= 1, f"{p.name}: {m}x{n}x{k} {layout_a}/{layout_b}/{layout_c} beta={beta}: {ratio}"
@@ -147,12 +156,42 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
 @pytest.mark.parametrize("m, n, k", [(150, 130, 60), (5, 2000, 200)])  # rows, then columns, split
 def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
-    assert 2 * m * n * k >= 2e6 and kernel.takes_direct(m, n, k)  # enough work for a second thread
+    assert 2 * m * n * k >= 2e6 and kernel.path(m, n, k) == "direct"  # enough work for a second thread
     a = random_matrix(rng, (m, k), dtype, "T")
     b = random_matrix(rng, (k, n), dtype)
     c = np.full((m, n), np.nan, dtype)
     kernel.gemm(a, b, c, threads=2)
     assert error_ratio(c, a, b, dtype=dtype) <= 1
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matrix_vector_products(isa, dtype, threads, rng):
+    """A times a column and a row times a transposed matrix (the gemv path), with k around the vector
+    width (masked tails) and rows around its groups of four; big enough on two threads to split."""
+    kernel = api.build(param_grid(isa, dtype)[0])
+    vw = kernel.params.vw
+    ks = sorted({1, 2, vw - 1, vw, vw + 1, 3 * vw + 5} - {0})
+    rows = [1, 3, 4, 5, 9, 37]
+    if threads == 2:
+        rows, ks = rows + [3001], ks + [400]  # 2.4 MFLOP at 3001 x 400: two threads
+    for r, k in itertools.product(rows, ks):
+        for shape in ("column", "row"):
+            m, n = (r, 1) if shape == "column" else (1, r)
+            a = unit_column_stride(rng, (m, k), dtype, "rows" if shape == "column" else "C")
+            b = random_matrix(rng, (k, n), dtype, "C" if shape == "column" else "T")
+            bias = rng.uniform(-1, 1, n).astype(dtype)
+            for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
+                c = rng.uniform(-1, 1, (m, n)).astype(dtype)
+                if beta == 0:
+                    c[...] = np.nan
+                before = np.array(c, np.float64)
+                if not (shape == "row" and k == 1):  # a 1 x n B with unit strides is read directly
+                    assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "gemv"
+                kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
+                ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
+                                    alpha, beta, dtype)
+                assert ratio <= 1, f"{shape} {m}x{n}x{k} alpha={alpha} beta={beta}: {ratio}"
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
