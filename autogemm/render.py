@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,16 @@ def templates_dir() -> Path:
     if packaged.is_dir():
         return packaged
     return Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def templates_fingerprint() -> str:
+    """A short hash of every template's text: measurements of one version's kernels are not another's."""
+    digest = hashlib.sha256()
+    root = templates_dir()
+    for path in sorted(root.rglob("*.j2")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import platformdirs
 
-from . import analytic
+from . import analytic, render
 from .evaluate import OK, Request, Result
 from .machine import Machine
 from .params import KU_CHOICES, PARALLEL_LOOPS, InvalidParams, KernelParams, vector_widths
@@ -34,11 +34,13 @@ def default_storage() -> str:
 
 
 def study_name(machine: Machine, dtype: str, problem, threads: int) -> str:
-    """One study per machine, dtype, problem (shape, layout, beta, bias) and thread budget."""
+    """One study per machine, dtype, problem (shape, layout, beta, bias), thread budget and version of
+    the templates: an interrupted run resumes its study, but trials of other generated code are not reused."""
     problem = problem if isinstance(problem, Problem) else Problem(*problem)
     suffix = "" if (problem.layout, problem.beta, problem.bias) == ("nn", 0.0, False) else (
         f":{problem.layout}:b{problem.beta:g}{':bias' if problem.bias else ''}")
-    return f"{machine.machine_id}:{dtype}:{'x'.join(map(str, problem.shape))}{suffix}:t{threads}"
+    return (f"{machine.machine_id}:{dtype}:{'x'.join(map(str, problem.shape))}{suffix}:t{threads}"
+            f":g{render.templates_fingerprint()}")
 
 
 def kc_choices(dtype: str) -> tuple[int, ...]:

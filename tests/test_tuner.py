@@ -8,7 +8,7 @@ import warnings
 import optuna
 import pytest
 
-from autogemm import analytic, api, machine, search, store
+from autogemm import analytic, api, machine, render, search, store
 from autogemm.evaluate import CORRECTNESS, CRASH, OK, TIMEOUT, Request, Result, Worker
 from autogemm.params import KernelParams
 
@@ -151,6 +151,18 @@ def test_interrupted_search_resumes_without_losing_trials(tmp_path):
     assert len(complete) == 10
     assert {t.number for t in done_before} <= {t.number for t in complete}
     assert len(resumed) <= 10 - len(done_before)
+
+
+def test_changed_templates_start_a_new_study(tmp_path, monkeypatch):
+    """Trials measured on other generated code are not resumed: the study name carries the templates' hash."""
+    storage = f"sqlite:///{tmp_path / 'versions.db'}"
+    _search(storage, recorded, trials=3)
+    assert search.study_name(HOST, "float32", (64, 64, 64), 1).endswith(f":g{render.templates_fingerprint()}")
+    monkeypatch.setattr(render, "templates_fingerprint", lambda: "changed")
+    asked = []
+    study, _ = _search(storage, lambda r: asked.append(r) or recorded(r), trials=3)
+    assert len(asked) == 3 and study.study_name.endswith(":gchanged")
+    assert len(optuna.get_all_study_summaries(storage)) == 2
 
 
 def test_every_sampler_runs(tmp_path):
