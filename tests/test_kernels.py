@@ -107,15 +107,16 @@ def elements(x):
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
-def test_paths_without_packing_take_the_problems_whose_b_stays_in_cache(isa, dtype):
+def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dtype):
     kernel = api.build(param_grid(isa, dtype)[0])
     assert kernel.path(1, 2, 1) == "direct"
     assert kernel.path(100, 100, 100) == "direct"
-    assert kernel.path(512, 512, 512) == "direct"
+    assert kernel.path(1024, 1024, 1024) == "direct"  # B (1M elements) stays in cache
+    assert kernel.path(256, 768, 50304) == "direct"  # few rows: packed B would serve only 256
     assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
     assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
     assert kernel.path(2048, 2048, 2048) == "packed"
-    assert kernel.path(64, 64, 16384) == "packed"  # a k x NR panel of B too tall for L2
+    assert kernel.path(4096, 768, 768) == "packed"
     assert kernel.path(199, 1, 73) == "gemv"  # a matrix times a column
     assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "gemv"  # a row times a transposed matrix
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
@@ -134,7 +135,7 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
         kernel = api.build(p)
         ms, ns, _ = sizes(p)
         ns = sorted(set(ns) | {p.vw - 1, p.vw + 1} - {0})
-        for m, n, k in itertools.product(ms, ns, [1, 7, 41]):
+        for m, n, k in itertools.product(ms, ns, [1, 7, 41, 1100]):  # 1100: three blocks of k
             a = random_matrix(rng, (m, k), dtype, layout_a)
             b = unit_column_stride(rng, (k, n), dtype, layout_b)
             bias = rng.uniform(-1, 1, n).astype(dtype)
