@@ -249,11 +249,12 @@ class Kernel:
     def path(self, m: int, n: int, k: int, a_strides: tuple[int, int] | None = None,
              b_strides: tuple[int, int] | None = None, c_column_stride: int = 1) -> str:
         """How an m x n x k GEMM with these element strides (row-major by default) is computed, unless
-        its thread count is forced: "packed"; "direct", without packing, where B stays in cache; or
-        "gemv" for a matrix times a column or a row times a matrix."""
+        its thread count is forced: "packed"; "direct", without packing, where packing cannot pay for
+        itself; or "dot", dot products along k, for a matrix times a column or a few rows times a
+        transposed matrix."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
-        return ("packed", "direct", "gemv", "gemv")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride)]
+        return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride)]
 
     def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5,
               trans_a: bool = False, trans_b: bool = False, beta: float = 0.0,

@@ -117,8 +117,10 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
     assert kernel.path(2048, 2048, 2048) == "packed"
     assert kernel.path(4096, 768, 768) == "packed"
-    assert kernel.path(199, 1, 73) == "gemv"  # a matrix times a column
-    assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "gemv"  # a row times a transposed matrix
+    assert kernel.path(199, 1, 73) == "dot"  # a matrix times a column
+    assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
+    assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "dot"  # a small batch times a transposed matrix
+    assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "packed"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
 
@@ -167,32 +169,32 @@ def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_matrix_vector_products(isa, dtype, threads, rng):
-    """A times a column and a row times a transposed matrix (the gemv path), with k around the vector
-    width (masked tails) and rows around its groups of four; big enough on two threads to split."""
+def test_the_dot_path(isa, dtype, threads, rng):
+    """A matrix times a column, and 1 to 8 rows times a transposed matrix (x @ W.T at a small batch):
+    dot products along k, with k around the vector width (masked tails), rows of A and of W around
+    the groups of four; big enough on two threads to split."""
     kernel = api.build(param_grid(isa, dtype)[0])
     vw = kernel.params.vw
     ks = sorted({1, 2, vw - 1, vw, vw + 1, 3 * vw + 5} - {0})
-    rows = [1, 3, 4, 5, 9, 37]
+    sizes = [1, 3, 4, 5, 9, 37]
     if threads == 2:
-        rows, ks = rows + [3001], ks + [400]  # 2.4 MFLOP at 3001 x 400: two threads
-    for r, k in itertools.product(rows, ks):
-        for shape in ("column", "row"):
-            m, n = (r, 1) if shape == "column" else (1, r)
-            a = unit_column_stride(rng, (m, k), dtype, "rows" if shape == "column" else "C")
-            b = random_matrix(rng, (k, n), dtype, "C" if shape == "column" else "T")
-            bias = rng.uniform(-1, 1, n).astype(dtype)
-            for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
-                c = rng.uniform(-1, 1, (m, n)).astype(dtype)
-                if beta == 0:
-                    c[...] = np.nan
-                before = np.array(c, np.float64)
-                if not (shape == "row" and k == 1):  # a 1 x n B with unit strides is read directly
-                    assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "gemv"
-                kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
-                ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
-                                    alpha, beta, dtype)
-                assert ratio <= 1, f"{shape} {m}x{n}x{k} alpha={alpha} beta={beta}: {ratio}"
+        sizes, ks = sizes + [3001], ks + [400]  # 2.4 MFLOP at 3001 x 400: two threads
+    cases = [(r, 1, "column") for r in sizes] + [(batch, r, "rows") for batch in (1, 2, 5, 8) for r in sizes]
+    for (m, n, shape), k in itertools.product(cases, ks):
+        a = unit_column_stride(rng, (m, k), dtype, "rows" if shape == "column" else "C")
+        b = random_matrix(rng, (k, n), dtype, "C" if shape == "column" else "T")
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
+            c = rng.uniform(-1, 1, (m, n)).astype(dtype)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            if k > 1 and n > 1 or shape == "column":  # a 1 x n B with unit strides is read directly
+                assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "dot"
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
+            ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
+                                alpha, beta, dtype)
+            assert ratio <= 1, f"{shape} {m}x{n}x{k} alpha={alpha} beta={beta}: {ratio}"
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
