@@ -121,6 +121,8 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
     assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "dot"  # a small batch times a transposed matrix
     assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "packed"
+    assert kernel.path(32, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
+    assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "packed"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
 
