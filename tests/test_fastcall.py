@@ -1,5 +1,6 @@
 """autogemm.matmul's C entry point: the same answers as the Python path, which takes every call it declines."""
 
+import pickle
 import sysconfig
 from pathlib import Path
 
@@ -21,6 +22,8 @@ needs_headers = pytest.mark.skipif(not HEADERS, reason="no Python.h: the C entry
 def test_matmul_is_the_c_entry_point_and_keeps_its_documentation():
     assert type(autogemm.matmul).__name__ == "builtin_function_or_method"
     assert autogemm.matmul.__doc__ == api.matmul.__doc__
+    assert autogemm.matmul.__module__ == "autogemm" and autogemm.matmul.__name__ == "matmul"
+    assert pickle.loads(pickle.dumps(autogemm.matmul)) is autogemm.matmul  # for multiprocessing
     assert fastcall.status().startswith("C entry point")
 
 
