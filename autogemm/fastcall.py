@@ -60,12 +60,6 @@ def wrap(python_matmul: Callable) -> Callable:
     return module.configure(python_matmul, choose, python_matmul.__doc__ or "")
 
 
-def forget() -> None:
-    """Drops the C entry's cached kernel choices (it re-asks `choose` at most once a second anyway)."""
-    if not _unavailable:
-        extension().forget()
-
-
 def status() -> str:
     """Which matmul serves the common call, for `autogemm info`."""
     if _unavailable:
