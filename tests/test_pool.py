@@ -1,0 +1,122 @@
+"""The helper threads of the unpacked paths: never a stall, any number of callers, fork-safe."""
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from autogemm import analytic, api, machine
+from autogemm.check import error_ratio
+
+HOST = machine.detect()
+LINUX_ONLY = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and CPU affinity")
+
+
+def default_kernel():
+    return api.build(analytic.default_params(HOST, "float32"))
+
+
+def run_python(code: str) -> str:
+    """Runs `code` in a fresh interpreter (its own threads and CPU affinity) and returns its stdout."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@LINUX_ONLY
+def test_a_call_never_waits_for_a_helper_that_cannot_run():
+    """With every thread of the process on one CPU, a 2-thread call's helper cannot run beside its
+    caller: the caller computes every chunk itself instead of waiting for a scheduler time slice (an
+    OpenMP team's closing barrier took 4-8 ms a call here, 30-50x the serial time). The bound is
+    relative to the serial time in the same process, so it holds on any machine."""
+    out = run_python("""
+        import os, time, numpy as np
+        from autogemm import analytic, api, machine
+        from autogemm.check import error_ratio
+        kernel = api.build(analytic.default_params(machine.detect(), "float32"))
+        rng = np.random.default_rng(0)
+        cases = [(200, 200, 200, False), (8, 1000, 1000, True)]  # the direct path, the dot path
+        operands = []
+        for m, n, k, trans_b in cases:
+            a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+            b = rng.uniform(-1, 1, (n, k) if trans_b else (k, n)).astype(np.float32)
+            b = b.T if trans_b else b
+            assert kernel.path(m, n, k, b_strides=tuple(s // 4 for s in b.strides)) == ("dot" if trans_b else "direct")
+            operands.append((a, b))
+        kernel(*operands[0], threads=2)  # starts the helper
+        cpu = sorted(os.sched_getaffinity(0))[0]
+        for task in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(task), {cpu})
+        def seconds(threads):
+            start = time.perf_counter()
+            for _ in range(20):
+                results = [kernel(a, b, threads=threads) for a, b in operands]
+            elapsed = time.perf_counter() - start
+            assert all(error_ratio(c, a, b) <= 1 for c, (a, b) in zip(results, operands))
+            return elapsed
+        serial = min(seconds(1) for _ in range(3))
+        print(serial, min(seconds(2) for _ in range(3)))
+    """)
+    serial, shared = map(float, out.split())
+    assert shared < 3 * serial + 0.02, f"2 threads on one CPU: {shared:.3f} s, 1 thread {serial:.3f} s"
+
+
+@LINUX_ONLY
+def test_helpers_start_on_first_use_and_number_threads_minus_one():
+    out = run_python("""
+        import os, numpy as np
+        from autogemm import analytic, api, machine
+        kernel = api.build(analytic.default_params(machine.detect(), "float32"))
+        a = np.ones((300, 300), np.float32)
+        counts = [len(os.listdir("/proc/self/task"))]
+        for threads in (1, 2, 3, 3, 2):
+            kernel(a, a, threads=threads)
+            counts.append(len(os.listdir("/proc/self/task")))
+        print(*counts)
+    """)
+    start, *after = map(int, out.split())
+    assert [n - start for n in after] == [0, 1, 2, 2, 2]
+
+
+def test_concurrent_callers_get_their_own_answers(rng):
+    """Callers on several Python threads (the GIL is released in C): one runs its job on the helpers,
+    the others, finding them busy, alone; every answer is its own."""
+    kernel = default_kernel()
+    problems = [(rng.uniform(-1, 1, (150 + i, 90)).astype(np.float32), rng.uniform(-1, 1, (90, 130 - i)).astype(np.float32))
+                for i in range(4)]
+    failures = []
+
+    def work(a, b):
+        for _ in range(30):
+            c = np.full((a.shape[0], b.shape[1]), np.nan, np.float32)
+            kernel.gemm(a, b, c, threads=2)
+            if not error_ratio(c, a, b) <= 1:
+                failures.append((a.shape, b.shape))
+
+    threads = [threading.Thread(target=work, args=problem) for problem in problems]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def _child_gemm(seed):
+    kernel = default_kernel()
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(-1, 1, (200, 120)).astype(np.float32), rng.uniform(-1, 1, (120, 170)).astype(np.float32)
+    return bool(error_ratio(kernel(a, b, threads=2), a, b) <= 1)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_child_computes_after_its_parent_started_helpers(rng):
+    kernel = default_kernel()
+    a = rng.uniform(-1, 1, (200, 200)).astype(np.float32)
+    assert error_ratio(kernel(a, a, threads=2), a, a) <= 1  # the parent's helper is running
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        assert all(pool.map(_child_gemm, range(4), chunksize=1))
