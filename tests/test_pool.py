@@ -31,13 +31,13 @@ def run_python(code: str) -> str:
 @LINUX_ONLY
 def test_a_call_never_waits_for_a_helper_that_cannot_run():
     """With every thread of the process on one CPU, a 2-thread call's helper cannot run beside its
-    caller: the caller computes every chunk itself instead of waiting for a scheduler time slice (an
-    OpenMP team's closing barrier took 4-8 ms a call here, 30-50x the serial time). The bound is
-    relative to the serial time in the same process, so it holds on any machine."""
+    caller: the caller runs the chunks no helper has claimed and sleeps while a claimed one finishes,
+    so the call costs about its serial time, never a scheduler time slice (an OpenMP team's closing
+    barrier took 4-8 ms a call here, 30-50x the serial time). The bound is relative to the serial
+    time in the same process, so it holds on any machine."""
     out = run_python("""
         import os, time, numpy as np
         from autogemm import analytic, api, machine
-        from autogemm.check import error_ratio
         kernel = api.build(analytic.default_params(machine.detect(), "float32"))
         rng = np.random.default_rng(0)
         cases = [(200, 200, 200, False), (8, 1000, 1000, True)]  # the direct path, the dot path
@@ -48,6 +48,8 @@ def test_a_call_never_waits_for_a_helper_that_cannot_run():
             b = b.T if trans_b else b
             assert kernel.path(m, n, k, b_strides=tuple(s // 4 for s in b.strides)) == ("dot" if trans_b else "direct")
             operands.append((a, b))
+        # References first: numpy's BLAS threads, pinned with the rest, would spin beside the timed calls.
+        expected = [a.astype(np.float64) @ b.astype(np.float64) for a, b in operands]
         kernel(*operands[0], threads=2)  # starts the helper
         cpu = sorted(os.sched_getaffinity(0))[0]
         for task in os.listdir("/proc/self/task"):
@@ -57,7 +59,8 @@ def test_a_call_never_waits_for_a_helper_that_cannot_run():
             for _ in range(20):
                 results = [kernel(a, b, threads=threads) for a, b in operands]
             elapsed = time.perf_counter() - start
-            assert all(error_ratio(c, a, b) <= 1 for c, (a, b) in zip(results, operands))
+            for c, reference in zip(results, expected):
+                assert np.abs(c - reference).max() <= 1e-3 * np.abs(reference).max()
             return elapsed
         serial = min(seconds(1) for _ in range(3))
         print(serial, min(seconds(2) for _ in range(3)))
