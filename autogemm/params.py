@@ -12,7 +12,7 @@ DTYPES = ("float32", "float64", "bfloat16")
 ISAS = ("avx512bf16", "avx512", "avx2", "portable")
 #: ISAs that only bfloat16 kernels use: they multiply pairs of k (vdpbf16ps), so packing interleaves pairs.
 PAIRED_ISAS = ("avx512bf16",)
-PARALLEL_LOOPS = ("ic", "jr", "2d")
+PARALLEL_LOOPS = ("ic", "jr", "2d", "jp")
 KU_CHOICES = (1, 2, 4, 8)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the

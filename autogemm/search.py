@@ -145,7 +145,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
         # Warm start: the analytic default first, then its nearest neighbours along the axes
         # that most often matter (prefetch, KC, the parallel loop).
         default = choices_from_params(analytic.default_params(machine, dtype), threads)
-        for change in ({}, {"prefetch": 8}, {"kc": 256}, {"parallel": "jr"}):
+        for change in ({}, {"prefetch": 8}, {"kc": 256}, {"parallel": "jr"}, {"parallel": "jp"}):
             study.enqueue_trial({**default, **change}, skip_if_exists=True)
     seen = {t.user_attrs["kernel"]: t.value for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE and "kernel" in t.user_attrs}

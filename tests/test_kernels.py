@@ -37,6 +37,7 @@ def param_grid(isa, dtype):
         base.replace(ku=1, mc=2 * base.mr, kc=8 if isa in params.PAIRED_ISAS else 7,
                      nc=2 * base.nr, parallel="jr", prefetch=1),
         base.replace(**tiny, ku=2, parallel="2d"),
+        base.replace(**tiny, ku=4, parallel="jp", prefetch=1),
     ]
 
 
@@ -48,7 +49,7 @@ def sizes(p):
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
-@pytest.mark.parametrize("variant", range(5))
+@pytest.mark.parametrize("variant", range(6))
 def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
     p = param_grid(isa, dtype)[variant]
     kernel = api.build(p)
@@ -67,8 +68,9 @@ def test_edge_sizes_match_float64_reference(isa, dtype, variant, rng):
     ("C", "C", "C"), ("F", "T", "F"), ("T", "F", "strided"), ("strided", "negative", "T"),
     ("negative", "strided", "negative"), ("T", "T", "C"),
 ])
-def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, rng):
-    p = param_grid(isa, dtype)[1]
+@pytest.mark.parametrize("variant", [1, 5])  # parallel ic, jp
+def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, variant, rng):
+    p = param_grid(isa, dtype)[variant]
     kernel = api.build(p)
     m, n, k = 2 * p.mr + 5, 3 * p.nr - 1, 2 * p.kc + 1
     a = random_matrix(rng, (m, k), dtype, layout_a)
@@ -217,7 +219,7 @@ def test_empty_and_zero_k(isa, dtype, rng):
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("variant", [1, 2, 4])  # parallel ic, jr, 2d
+@pytest.mark.parametrize("variant", [1, 2, 4, 5])  # parallel ic, jr, 2d, jp
 def test_threads_give_the_same_answer(isa, dtype, threads, variant, rng):
     p = param_grid(isa, dtype)[variant]
     kernel = api.build(p)
@@ -226,6 +228,29 @@ def test_threads_give_the_same_answer(isa, dtype, threads, variant, rng):
     c = np.empty((101, 89), acc(dtype))
     kernel.gemm(a, b, c, threads=threads, force_threads=True)
     assert error_ratio(c, a, b, dtype=dtype) <= 1
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("variant", [1, 2, 4, 5])  # parallel ic, jr, 2d, jp
+def test_every_parallel_loop_adds_the_bias_once(isa, dtype, variant, rng):
+    """The bias joins with the first of several k blocks only, on the edge tiles too, over C full of
+    NaN (beta = 0) and over a C to accumulate into; two threads forced."""
+    p = param_grid(isa, dtype)[variant]
+    kernel = api.build(p)
+    m, n, k = 3 * p.mr + 2, 2 * p.nr + 3, 3 * p.kc + 1
+    a = random_matrix(rng, (m, k), dtype, "T")
+    b = random_matrix(rng, (k, n), dtype, "T")
+    bias = rng.uniform(-1, 1, n).astype(acc(dtype))
+    for beta in (0.0, 1.0):
+        c = rng.uniform(-1, 1, (m, n)).astype(acc(dtype))
+        if beta == 0:
+            c[...] = np.nan
+        before = np.array(c, np.float64)
+        kernel.gemm(a, b, c, beta=beta, bias=bias, threads=2, force_threads=True)
+        with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((m, 1))])
+        with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
+        ratio = error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+        assert ratio <= 1, f"{p.name} beta={beta}: {ratio}"
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
