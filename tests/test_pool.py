@@ -86,6 +86,32 @@ def test_helpers_start_on_first_use_and_number_threads_minus_one():
     assert [n - start for n in after] == [0, 1, 2, 2, 2]
 
 
+@LINUX_ONLY
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="no per-thread CPU time in /proc")
+def test_helpers_a_job_leaves_out_sleep():
+    """After a 3-thread call, 2-thread calls use one helper; the other sleeps instead of spinning for
+    jobs it is not in (on 16 cores, 14 such helpers burned 14 cores beside 2-thread calls)."""
+    out = run_python("""
+        import os, time, numpy as np
+        from autogemm import analytic, api, machine
+        kernel = api.build(analytic.default_params(machine.detect(), "float32"))
+        def ticks(task):  # nanoseconds on a CPU
+            return int(open(f"/proc/self/task/{task}/schedstat").read().split()[0])
+        before = set(os.listdir("/proc/self/task"))
+        kernel(np.ones((300, 300), np.float32), np.ones((300, 300), np.float32), threads=3)
+        helpers = sorted(set(os.listdir("/proc/self/task")) - before, key=int)
+        a = np.ones((200, 200), np.float32)
+        start = {t: ticks(t) for t in helpers}
+        end_at = time.perf_counter() + 0.5
+        while time.perf_counter() < end_at:
+            kernel(a, a, threads=2)
+        print(len(helpers), *sorted(ticks(t) - start[t] for t in helpers))
+    """)
+    count, idle, busy = map(int, out.split())
+    assert count == 2
+    assert idle < 5e6 < busy, f"ns on a CPU over 0.5 s: left-out helper {idle}, working helper {busy}"
+
+
 def test_concurrent_callers_get_their_own_answers(rng):
     """Callers on several Python threads (the GIL is released in C): one runs its job on the helpers,
     the others, finding them busy, alone; every answer is its own."""
