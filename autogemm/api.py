@@ -227,7 +227,7 @@ def export(dtype="float32", out_dir=".", *, params: KernelParams | None = None) 
     """Writes standalone `autogemm_sgemm.c/.h` (`autogemm_dgemm.*`, `autogemm_bgemm.*` for bfloat16)
     with the parameters baked in.
 
-    Returns the paths written. The files need no Python: `cc -O3 -march=native [-fopenmp] -c`.
+    Returns the paths written. The files need no Python: `cc -O3 -march=native -pthread -c`.
     """
     dtype = _check_dtype(dtype)
     params = params or load(dtype).params

@@ -1,8 +1,8 @@
 """One candidate through the pipeline compile -> verify -> time, isolated in a worker process.
 
 A candidate that fails is data, not an exception: its `Result.status` says which step failed
-(compile, correctness, crash, timeout). The worker is long-lived and started with spawn (OpenMP
-after fork can deadlock); it is restarted after a crash or a hang.
+(compile, correctness, crash, timeout). The worker is long-lived and started with spawn (a fork of a
+process with threads, such as numpy's OpenBLAS, can deadlock); it is restarted after a crash or a hang.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from . import machine, render, toolchain
 @functools.lru_cache(maxsize=None)
 def _peak_library(isa: str, dtype: str):
     source = render.render_peak(isa, dtype)
-    library = toolchain.build_shared(source, f"ag_peak_{isa}_{dtype}")
+    library = toolchain.build_shared(source, f"ag_peak_{isa}_{dtype}",
+                                     extra_flags=toolchain.detect().openmp_flags)
     ffi = cffi.FFI()
     ffi.cdef("double autogemm_peak_flops_per_iter(void); double autogemm_peak_seconds(int nthreads, long iters);")
     return ffi.dlopen(str(library))

@@ -16,7 +16,7 @@ ROLES = {"forward": 0, "dinp": 1, "dweight": 2}
 @functools.lru_cache(maxsize=1)
 def _baseline():
     source = render.render_template("baseline/llmc.c.j2")
-    library = toolchain.build_shared(source, "ag_llmc_baseline")
+    library = toolchain.build_shared(source, "ag_llmc_baseline", extra_flags=toolchain.detect().openmp_flags)
     ffi = cffi.FFI()
     ffi.cdef("double autogemm_baseline(int role, float *y, const float *x, const float *w, const float *bias,"
              " int BT, int C, int OC, int nthreads);")

@@ -17,7 +17,7 @@ from pathlib import Path
 import filelock
 import platformdirs
 
-BASE_FLAGS = ("-O3", "-fPIC", "-shared")
+BASE_FLAGS = ("-O3", "-fPIC", "-shared", "-pthread")
 
 
 class CompilerNotFound(RuntimeError):
@@ -49,12 +49,14 @@ class Compiler:
 
     @functools.cached_property
     def openmp_flags(self) -> tuple[str, ...]:
-        """-fopenmp if the compiler can build and link it, else () for a serial build."""
+        """-fopenmp if the compiler can build and link it, else (): only the measuring code uses OpenMP
+        (the peak loops and the llm.c-style baseline); kernels thread with their own pthreads."""
         return ("-fopenmp",) if _accepts(self.command, ("-fopenmp",), "#include <omp.h>\n") else ()
 
     @property
     def flags(self) -> tuple[str, ...]:
-        return BASE_FLAGS + self.arch_flags + self.openmp_flags
+        """What every kernel is built with."""
+        return BASE_FLAGS + self.arch_flags
 
     def describe(self) -> dict:
         return {"command": " ".join(self.command), "family": self.family, "version": self.version,

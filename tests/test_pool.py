@@ -1,4 +1,4 @@
-"""The helper threads of the unpacked paths: never a stall, any number of callers, fork-safe."""
+"""The helper threads of every path: never a stall, any number of callers, fork-safe."""
 
 import multiprocessing
 import os
@@ -33,31 +33,34 @@ def test_a_call_never_waits_for_a_helper_that_cannot_run():
     """With every thread of the process on one CPU, a 2-thread call's helper cannot run beside its
     caller: the caller runs the chunks no helper has claimed and sleeps while a claimed one finishes,
     so the call costs about its serial time, never a scheduler time slice (an OpenMP team's closing
-    barrier took 4-8 ms a call here, 30-50x the serial time). The bound is relative to the serial
-    time in the same process, so it holds on any machine."""
+    barrier took 4-8 ms a call here, 30-50x the serial time). The packed GEMM (forced onto 2 threads)
+    has six jobs a call, one per phase of each of its three k blocks. The bound is relative to the
+    serial time in the same process, so it holds on any machine."""
     out = run_python("""
         import os, time, numpy as np
         from autogemm import analytic, api, machine
         kernel = api.build(analytic.default_params(machine.detect(), "float32"))
         rng = np.random.default_rng(0)
-        cases = [(200, 200, 200, False), (8, 1000, 1000, True)]  # the direct path, the dot path
+        cases = [(200, 200, 200, False, "direct"), (8, 1000, 1000, True, "dot"), (256, 320, 3 * kernel.params.kc, False, None)]
         operands = []
-        for m, n, k, trans_b in cases:
+        for m, n, k, trans_b, path in cases:
             a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
             b = rng.uniform(-1, 1, (n, k) if trans_b else (k, n)).astype(np.float32)
             b = b.T if trans_b else b
-            assert kernel.path(m, n, k, b_strides=tuple(s // 4 for s in b.strides)) == ("dot" if trans_b else "direct")
-            operands.append((a, b))
+            assert path is None or kernel.path(m, n, k, b_strides=tuple(s // 4 for s in b.strides)) == path
+            operands.append((a, b, np.empty((m, n), np.float32), path is None))
         # References first: numpy's BLAS threads, pinned with the rest, would spin beside the timed calls.
-        expected = [a.astype(np.float64) @ b.astype(np.float64) for a, b in operands]
-        kernel(*operands[0], threads=2)  # starts the helper
+        expected = [a.astype(np.float64) @ b.astype(np.float64) for a, b, _, _ in operands]
+        def call(a, b, c, forced, threads):
+            return kernel.gemm(a, b, c, threads=threads, force_threads=forced)
+        call(*operands[0], 2)  # starts the helper
         cpu = sorted(os.sched_getaffinity(0))[0]
         for task in os.listdir("/proc/self/task"):
             os.sched_setaffinity(int(task), {cpu})
         def seconds(threads):
             start = time.perf_counter()
             for _ in range(20):
-                results = [kernel(a, b, threads=threads) for a, b in operands]
+                results = [call(*operand, threads) for operand in operands]
             elapsed = time.perf_counter() - start
             for c, reference in zip(results, expected):
                 assert np.abs(c - reference).max() <= 1e-3 * np.abs(reference).max()
@@ -114,20 +117,22 @@ def test_helpers_a_job_leaves_out_sleep():
 
 def test_concurrent_callers_get_their_own_answers(rng):
     """Callers on several Python threads (the GIL is released in C): one runs its job on the helpers,
-    the others, finding them busy, alone; every answer is its own."""
+    the others, finding them busy, alone; every answer is its own. Half the callers run the packed
+    path (forced onto 2 threads), whose phases are separate jobs, between which another caller's job
+    can start."""
     kernel = default_kernel()
     problems = [(rng.uniform(-1, 1, (150 + i, 90)).astype(np.float32), rng.uniform(-1, 1, (90, 130 - i)).astype(np.float32))
                 for i in range(4)]
     failures = []
 
-    def work(a, b):
+    def work(a, b, packed):
         for _ in range(30):
             c = np.full((a.shape[0], b.shape[1]), np.nan, np.float32)
-            kernel.gemm(a, b, c, threads=2)
+            kernel.gemm(a, b, c, threads=2, force_threads=packed)
             if not error_ratio(c, a, b) <= 1:
-                failures.append((a.shape, b.shape))
+                failures.append((a.shape, b.shape, packed))
 
-    threads = [threading.Thread(target=work, args=problem) for problem in problems]
+    threads = [threading.Thread(target=work, args=(*problem, i % 2 == 1)) for i, problem in enumerate(problems)]
     for t in threads:
         t.start()
     for t in threads:
@@ -135,17 +140,19 @@ def test_concurrent_callers_get_their_own_answers(rng):
     assert not failures
 
 
-def _child_gemm(seed):
+def _two_thread_gemms(seed):
+    """Whether a 2-thread direct GEMM and a 2-thread packed one (forced) are both right."""
     kernel = default_kernel()
     rng = np.random.default_rng(seed)
     a, b = rng.uniform(-1, 1, (200, 120)).astype(np.float32), rng.uniform(-1, 1, (120, 170)).astype(np.float32)
-    return bool(error_ratio(kernel(a, b, threads=2), a, b) <= 1)
+    c = np.empty((200, 170), np.float32)
+    kernel.gemm(a, b, c, threads=2, force_threads=True)
+    return bool(error_ratio(kernel(a, b, threads=2), a, b) <= 1 and error_ratio(c, a, b) <= 1)
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
-def test_a_forked_child_computes_after_its_parent_started_helpers(rng):
-    kernel = default_kernel()
-    a = rng.uniform(-1, 1, (200, 200)).astype(np.float32)
-    assert error_ratio(kernel(a, a, threads=2), a, a) <= 1  # the parent's helper is running
+def test_a_forked_child_computes_after_its_parent_started_helpers():
+    """A GNU OpenMP team, used by the packed path before, hung a child forked after it ran."""
+    assert _two_thread_gemms(0)  # the parent's helper is running
     with multiprocessing.get_context("fork").Pool(2) as pool:
-        assert all(pool.map(_child_gemm, range(4), chunksize=1))
+        assert all(pool.map_async(_two_thread_gemms, range(1, 5), chunksize=1).get(timeout=120))

@@ -79,7 +79,9 @@ def test_an_unusable_cache_falls_back_to_a_temporary_one(tmp_path, monkeypatch):
     assert library.parent == directory
 
 
-def test_a_compiler_without_openmp_builds_serial_kernels(tmp_path, monkeypatch):
+def test_a_compiler_without_openmp_builds_threaded_kernels(tmp_path, monkeypatch):
+    """Kernels thread with their own pthreads (Apple's clang has no OpenMP): a compiler that refuses
+    -fopenmp still builds kernels whose packed path starts a helper thread on a 2-thread call."""
     wrapper = tmp_path / "cc-no-openmp"
     wrapper.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && { echo "no openmp" >&2; exit 1; }; done\n'
                        f'exec {" ".join(HOST.compiler.command)} "$@"\n')
@@ -97,7 +99,13 @@ def test_a_compiler_without_openmp_builds_serial_kernels(tmp_path, monkeypatch):
         kernel = Kernel(params, HOST, toolchain.build_shared(source, params.name, compiler), source)
         rng = np.random.default_rng(3)
         a, b = rng.uniform(-1, 1, (77, 55)), rng.uniform(-1, 1, (55, 66))
-        assert error_ratio(kernel(a, b, threads=2), a, b) <= 1
+        tasks = Path("/proc/self/task")
+        before = len(list(tasks.iterdir())) if tasks.is_dir() else None
+        c = np.empty((77, 66))
+        kernel.gemm(a, b, c, threads=2, force_threads=True)
+        assert error_ratio(c, a, b) <= 1
+        if before is not None:
+            assert len(list(tasks.iterdir())) == before + 1
     finally:
         toolchain.detect.cache_clear()
 

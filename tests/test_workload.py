@@ -121,7 +121,7 @@ def test_exported_workload_drops_into_llmc(tmp_path, B, T, C, OC, rng):
     assert [p.name for p in paths] == ["autogemm_tiny.c", "autogemm_tiny.h"]
     (tmp_path / "driver.c").write_text(DRIVER)
     cc = machine.detect().compiler
-    subprocess.run([*cc.command, "-O2", *cc.arch_flags, *cc.openmp_flags, "driver.c", "autogemm_tiny.c", "-o",
+    subprocess.run([*cc.command, "-O2", *cc.arch_flags, "-pthread", "driver.c", "autogemm_tiny.c", "-o",
                     "driver", "-lm"], check=True, cwd=tmp_path)
     bt = B * T
     data = {"inp": rng.standard_normal((bt, C)), "w": rng.standard_normal((OC, C)), "bias": rng.standard_normal(OC),
