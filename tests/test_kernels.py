@@ -113,7 +113,8 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     kernel = api.build(param_grid(isa, dtype)[0])
     assert kernel.path(1, 2, 1) == "direct"
     assert kernel.path(100, 100, 100) == "direct"
-    assert kernel.path(1024, 1024, 1024) == "direct"  # B (1M elements) stays in cache
+    assert kernel.path(512, 512, 512) == "direct"  # B stays in cache and the flops are few
+    assert kernel.path(768, 768, 768) == "packed"  # more flops: packing pays for itself
     assert kernel.path(256, 768, 50304) == "direct"  # few rows: packed B would serve only 256
     assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
     assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
