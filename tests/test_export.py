@@ -3,6 +3,7 @@
 import os
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,3 +129,38 @@ def test_export_command_writes_files(tmp_path):
     assert main(["export", "--dtype", "float64", "-o", str(tmp_path)]) == 0
     source = (tmp_path / "autogemm_dgemm.c").read_text()
     assert "Do not edit" in source and "autogemm_dgemm_bench" not in source
+
+
+THREAD_COUNT = r"""
+import os, sys, cffi, numpy as np
+ffi = cffi.FFI()
+ffi.cdef("void autogemm_sgemm(int, int, ptrdiff_t, ptrdiff_t, ptrdiff_t, float, const float *, ptrdiff_t,"
+         " const float *, ptrdiff_t, float, float *, ptrdiff_t);")
+lib = ffi.dlopen(sys.argv[1])
+a = np.ones((400, 400), np.float32)
+c = np.zeros((400, 400), np.float32)
+before = len(os.listdir("/proc/self/task"))
+pointer = lambda x: ffi.cast("float *", x.ctypes.data)
+lib.autogemm_sgemm(0, 0, 400, 400, 400, 1.0, pointer(a), 400, pointer(a), 400, 0.0, pointer(c), 400)
+assert (c == 400).all()
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.parametrize("env, helpers", [({"AUTOGEMM_NUM_THREADS": "3", "OMP_NUM_THREADS": "2"}, 2),
+                                          ({"OMP_NUM_THREADS": "2,1"}, 1),
+                                          ({"AUTOGEMM_NUM_THREADS": "1"}, 0)])
+def test_exported_c_takes_its_thread_count_from_the_environment(tmp_path, env, helpers):
+    """Without Python, the thread count comes from AUTOGEMM_NUM_THREADS, else OMP_NUM_THREADS (its
+    first number), else the CPUs: a call starts threads - 1 helpers. The process exits cleanly,
+    although cffi unloads the library at exit while its helpers run (the library pins itself)."""
+    autogemm.export("float32", tmp_path, params=analytic.default_params(machine.detect(), "float32"))
+    cc = machine.detect().compiler
+    subprocess.run([*cc.command, "-O2", *cc.arch_flags, "-pthread", "-shared", "-fPIC", "autogemm_sgemm.c", "-o",
+                    "libag.so"], check=True, cwd=tmp_path)
+    clean = {k: v for k, v in os.environ.items() if k not in ("AUTOGEMM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", THREAD_COUNT, str(tmp_path / "libag.so")], env={**clean, **env},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) == helpers
