@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -179,7 +180,8 @@ def cmd_bench(args) -> int:
     default = api.load(args.dtype, params=analytic.default_params(machine.detect(), args.dtype))
     rows, peaks, used = [], {}, {"default": default.params.name}
     for threads in _threads_list(args.threads):
-        peaks[(args.dtype, threads)] = measure_peak(args.dtype, threads)
+        key, first_row = (args.dtype, threads), len(rows)
+        peaks[key] = measure_peak(args.dtype, threads)
         for shape, calls in _shapes(args):
             if calls:
                 new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds,
@@ -197,6 +199,9 @@ def cmd_bench(args) -> int:
             rows += new_rows
             if not args.json:
                 print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
+            # The peak is a maximum: measured again between shapes, a disturbed first reading cannot stand.
+            peaks[key] = max(peaks[key], measure_peak(args.dtype, threads))
+        rows[first_row:] = [dataclasses.replace(r, pct_peak=100.0 * r.gflops["median"] / peaks[key]) for r in rows[first_row:]]
     bench.add_scaling(rows)
     report = {
         "machine": machine.detect().describe(),

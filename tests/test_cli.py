@@ -62,3 +62,19 @@ def test_list_json(tmp_path, monkeypatch):
 def test_bad_input_gets_a_clear_error(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_takes_the_highest_peak_measured_during_the_run(tmp_path, monkeypatch):
+    """A first peak reading taken while the machine was disturbed must not stand: the peak is
+    measured again after each shape and every row's % of peak uses the highest reading."""
+    from autogemm import cli
+
+    readings = iter([50.0, 400.0, 100.0])
+    monkeypatch.setattr(cli, "measure_peak", lambda dtype, threads: next(readings))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shape", "96x64x80", "--shape", "64x64x64", "--threads", "1", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["peak_gflops"] == {"float32/1": 400.0}
+    for row in report["rows"]:
+        assert row["pct_peak"] == pytest.approx(100.0 * row["gflops"]["median"] / 400.0)
