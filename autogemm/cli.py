@@ -184,18 +184,14 @@ def cmd_bench(args) -> int:
         peaks[key] = measure_peak(args.dtype, threads)
         for shape, calls in _shapes(args):
             if calls:
-                new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds,
-                                               peak=peaks[(args.dtype, threads)])
-                rows += new_rows
-                if not args.json:
-                    print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
-                continue
-            kernels = {"default": default}
-            tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
-            if tuned.tuned is not None:
-                kernels = {"tuned": tuned, **kernels}
-                used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
-            new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[(args.dtype, threads)])
+                new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds, peak=peaks[key])
+            else:
+                kernels = {"default": default}
+                tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
+                if tuned.tuned is not None:
+                    kernels = {"tuned": tuned, **kernels}
+                    used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
+                new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key])
             rows += new_rows
             if not args.json:
                 print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
