@@ -86,6 +86,24 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, variant, r
         assert ratio <= 1, f"{p.name} {layout_a}/{layout_b}/{layout_c} alpha={alpha} beta={beta}: {ratio}"
 
 
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("mr", [1, 5, 7, 8])
+def test_row_major_a_packs_in_vector_blocks_at_every_mr(isa, dtype, mr, rng):
+    """Row-major A is packed a vector of k at a time by in-register transposes (AVX-512, MR <= 8):
+    odd MR pairs its last row with itself; k is two blocks, a remainder and (bfloat16) an odd value;
+    the last micro-panel is partial; A's rows are further apart than their length."""
+    base = param_grid(isa, dtype)[0]
+    p = base.replace(mr=mr, nr=base.vw, mc=2 * mr, kc=96, nc=4 * base.vw, parallel="ic")
+    kernel = api.build(p)
+    for m, k in [(3 * mr + 1, 2 * 32 + 9), (2 * mr, 96 + 37)]:
+        a = random_matrix(rng, (m, k + 5), dtype)[:, 2:k + 2]
+        b = random_matrix(rng, (k, 2 * p.nr + 3), dtype)
+        c = np.full((m, b.shape[1]), np.nan, acc(dtype))
+        kernel.gemm(a, b, c, threads=2, force_threads=True)
+        ratio = error_ratio(c, a, b, dtype=dtype)
+        assert ratio <= 1, f"{p.name}: {m}x{b.shape[1]}x{k} error ratio {ratio}"
+
 #: Templates with the direct (unpacked) path: one source type and one value of k per element.
 DIRECT_TEMPLATES = [case for case in TEMPLATES if case.values[1] != "bfloat16"]
 
