@@ -104,6 +104,23 @@ def test_row_major_a_packs_in_vector_blocks_at_every_mr(isa, dtype, mr, rng):
         ratio = error_ratio(c, a, b, dtype=dtype)
         assert ratio <= 1, f"{p.name}: {m}x{b.shape[1]}x{k} error ratio {ratio}"
 
+
+@pytest.mark.parametrize("parallel", params.PARALLEL_LOOPS)
+@pytest.mark.parametrize("threads", [3, 7, 16])
+def test_every_parallel_loop_splits_evenly_at_odd_and_many_threads(parallel, threads, rng):
+    """More threads than cores, odd counts and uneven pieces: several rounds of row blocks, k blocks
+    and column blocks, partial row blocks and micro-panels, each thread's share and the stolen rest."""
+    base = analytic.default_params(HOST, "float32")
+    p = base.replace(mc=2 * base.mr, kc=16, nc=3 * base.nr, parallel=parallel)
+    kernel = api.build(p)
+    for m, n, k in [(11 * p.mr + 1, 7 * p.nr + 3, 37), (3 * p.mr - 1, 2 * p.nr + 1, 16)]:
+        a = random_matrix(rng, (m, k), "float32")
+        b = random_matrix(rng, (k, n), "float32")
+        c = np.full((m, n), np.nan, np.float32)
+        kernel.gemm(a, b, c, threads=threads, force_threads=True)
+        ratio = error_ratio(c, a, b, dtype="float32")
+        assert ratio <= 1, f"{p.name} on {threads} threads: {m}x{n}x{k} error ratio {ratio}"
+
 #: Templates with the direct (unpacked) path: one source type and one value of k per element.
 DIRECT_TEMPLATES = [case for case in TEMPLATES if case.values[1] != "bfloat16"]
 
