@@ -100,9 +100,16 @@ def torch_version() -> str | None:
     return f"torch {torch.__version__}" if torch else None
 
 
-def time_torch_bf16(torch, problem: Problem, a, b, threads: int) -> float:
-    """Seconds of PyTorch's bfloat16 matmul of the same operands (bfloat16 out, as oneDNN gives it);
-    `a` and `b` are torch bfloat16 tensors in the stored layout."""
+def torch_tensor(torch, x: np.ndarray):
+    """x as a torch tensor of the same dtype, sharing its memory (bfloat16 through its bits)."""
+    if x.dtype == numpy_dtype("bfloat16"):
+        return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def time_torch(torch, problem: Problem, a, b, threads: int) -> float:
+    """Seconds of PyTorch's matmul of the same operands, in their dtype (bfloat16 out for bfloat16,
+    as oneDNN gives it); `a` and `b` are torch tensors in the stored layout."""
     torch.set_num_threads(threads)
     op_a = a.T if problem.trans_a else a
     op_b = b.T if problem.trans_b else b
@@ -141,19 +148,20 @@ def _burst(call, reps: int, warm_seconds: float) -> list[float]:
 
 def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
             numpy: bool = True, peak: float | None = None, seed: int = 0,
-            kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02) -> list[Row]:
+            kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02,
+            with_torch: bool = False) -> list[Row]:
     """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy A B
     numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
 
     `shape` is (M, N, K) or a workload Problem (transposes, beta, bias). Every implementation runs
     on `threads` threads unless `kernel_threads` names another count. For bfloat16, "numpy" is
-    float32 matmul of the same (widened) values, numpy's fastest way, and PyTorch's bfloat16
-    matmul runs too when torch is installed.
+    float32 matmul of the same (widened) values, numpy's fastest way. PyTorch's matmul runs too
+    when torch is installed, for bfloat16 always, for the other dtypes with `with_torch`.
     """
     problem = shape if isinstance(shape, Problem) else Problem(*shape)
     kernel_threads = kernel_threads or {}
     dtype = next(iter(kernels.values())).params.dtype if kernels else "float32"
-    torch = torch_module() if dtype == "bfloat16" and numpy else None
+    torch = torch_module() if numpy and (with_torch or dtype == "bfloat16") else None
     flops = 2.0 * problem.m * problem.n * problem.k
     rng = np.random.default_rng(seed)
     timings: dict[str, list[float]] = {name: [] for name in kernels}
@@ -177,8 +185,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             timings["numpy"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["numpy"])
         if torch:
-            ta, tb = (torch.from_numpy(x.view(np.int16)).view(torch.bfloat16) for x in (a, b))
-            seconds = _burst(lambda: time_torch_bf16(torch, problem, ta, tb, threads), reps, warm_seconds)
+            ta, tb = (torch_tensor(torch, x) for x in (a, b))
+            seconds = _burst(lambda: time_torch(torch, problem, ta, tb, threads), reps, warm_seconds)
             timings["torch"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["torch"])
     peak = peak or measure_peak(dtype, threads)

@@ -191,7 +191,8 @@ def cmd_bench(args) -> int:
                 if tuned.tuned is not None:
                     kernels = {"tuned": tuned, **kernels}
                     used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
-                new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key])
+                new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key],
+                                         with_torch=args.torch)
             rows += new_rows
             if not args.json:
                 print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
@@ -202,7 +203,7 @@ def cmd_bench(args) -> int:
     report = {
         "machine": machine.detect().describe(),
         "blas": bench.openblas_coretype(),
-        "torch": bench.torch_version() if args.dtype == "bfloat16" else None,
+        "torch": bench.torch_version() if args.dtype == "bfloat16" or args.torch else None,
         "peak_gflops": {f"{d}/{t}": v for (d, t), v in peaks.items()},
         "kernels": used,
         "rows": [bench.row_dict(r) for r in rows],
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--workload", help="time every GEMM of a step: gpt2-124m, or a JSON file")
     bench_.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
     bench_.add_argument("--no-baseline", action="store_true", help="skip the llm.c-style loops (slow)")
+    bench_.add_argument("--torch", action="store_true",
+                        help="also time PyTorch's matmul when it is installed (bfloat16 always does)")
     bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)

@@ -78,3 +78,27 @@ def test_bench_takes_the_highest_peak_measured_during_the_run(tmp_path, monkeypa
     assert report["peak_gflops"] == {"float32/1": 400.0}
     for row in report["rows"]:
         assert row["pct_peak"] == pytest.approx(100.0 * row["gflops"]["median"] / 400.0)
+
+
+def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
+    """`--torch` adds PyTorch's float32 matmul to the interleaved run (here a stand-in with numpy's
+    matmul, so the test needs no PyTorch): a torch row, and every row's ratio against it."""
+    import types
+
+    import numpy as np
+
+    from autogemm import bench
+
+    calls = []
+    fake = types.SimpleNamespace(__version__="0.0-test", from_numpy=lambda x: x,
+                                 set_num_threads=lambda n: calls.append(n),
+                                 matmul=lambda a, b: np.matmul(a, b))
+    monkeypatch.setattr(bench, "torch_module", lambda: fake)
+    out = tmp_path / "torch.json"
+    assert main(["bench", "--shape", "96x64x80", "--threads", "1", "--rounds", "1", "--torch", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["torch"] == "torch 0.0-test" and calls and set(calls) == {1}
+    rows = {row["impl"]: row for row in report["rows"]}
+    assert {"default", "numpy", "torch"} <= set(rows)
+    assert rows["torch"]["vs_torch"] == 1.0
+    assert rows["default"]["vs_torch"] == pytest.approx(rows["default"]["gflops"]["median"] / rows["torch"]["gflops"]["median"])

@@ -44,6 +44,15 @@ def test_register_tile_is_the_best_feasible_tile(budget, vw):
                 assert other_mr * other_nv / (other_mr + other_nv) <= intensity + 0.005
 
 
+
+@pytest.mark.parametrize("cores, loop", [(1, "ic"), (2, "ic"), (analytic.MANY_CORES, "ic"),
+                                         (analytic.MANY_CORES + 1, "2d"), (16, "2d"), (128, "2d")])
+def test_default_parallel_loop_follows_the_core_count(host, cores, loop):
+    """Few cores: rows (ic), each thread with its own A block; many: row blocks x B micro-panels (2d)."""
+    import dataclasses
+
+    assert analytic.default_params(dataclasses.replace(host, cores=cores), "float32").parallel == loop
+
 def test_register_tile_for_avx512_float32():
     assert analytic.register_tile(32, 16) == (6, 64)  # 24 accumulators, 2.4 FMAs per load
 
