@@ -85,5 +85,5 @@ def parallel_loop(machine: Machine) -> str:
     """`ic` on few cores: each thread packs its own A block and multiplies it by all of packed B
     (2 cores of Zen 4: 0.99-1.07x 2d). `2d` on many: a shared A block, each thread on its own B
     micro-panels, so B is read from L3 once per block of A rather than once per thread (16 cores of
-    Ice Lake: 1.15-1.4x ic at 1024^3-4096^3 and on the GPT-2 shapes)."""
+    Ice Lake: 1.1-1.4x ic at 1024^3-4096^3 and on the GPT-2 shapes)."""
     return "2d" if machine.cores > MANY_CORES else "ic"
