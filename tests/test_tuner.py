@@ -289,3 +289,18 @@ def test_a_finalist_must_beat_the_default_by_the_margin():
     clear = [row("#1", 100.0 * (1 + 2 * WIN_MARGIN)), row("#2", 100.0)]
     assert pick_winner(clear, "#2").impl == "#1"          # a clear win replaces it
     assert pick_winner(close, None).impl == "#1"          # no default among them: the fastest
+
+
+def test_big_gemms_are_timed_capped_but_with_two_blocks_of_every_size_searched():
+    """The capped copy a candidate is timed on still runs every searched block size at least twice,
+    so candidates that differ only in MC, KC or NC do not time alike (NC 4096 and 8192 on the
+    50304-wide GPT-2 head did when N was capped at 4096)."""
+    from autogemm.evaluate import timed_problem
+    from autogemm.workload import Problem
+
+    head = timed_problem(Problem(4096, 50304, 768, trans_b=True))
+    assert (head.m, head.k, head.trans_b) == (4096, 768, True)
+    assert head.n >= 1.5 * max(search.NC_CHOICES)
+    tall = timed_problem(Problem(50304, 768, 50304))
+    assert tall.m >= 2 * max(search.MC_CHOICES) and tall.k >= 2 * max(search.KC_CHOICES + search.KC_CHOICES_BF16)
+    assert timed_problem(Problem(300, 200, 100)).shape == (300, 200, 100)
