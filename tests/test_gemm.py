@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import autogemm
-from autogemm import analytic, api, machine
+from autogemm import analytic, api, machine, params
 from autogemm.check import error_ratio
 
 from conftest import random_matrix
@@ -52,11 +52,14 @@ def test_bias_with_an_empty_k_and_zero_alpha(rng):
     np.testing.assert_allclose(c, np.broadcast_to(2.0 + bias, (4, 6)))
 
 
-def test_every_template_applies_the_bias_on_full_and_edge_tiles(rng):
+@pytest.mark.parametrize("parallel", params.PARALLEL_LOOPS)
+def test_every_template_applies_the_bias_on_full_and_edge_tiles(parallel, rng):
     host = machine.detect()
     for isa in host.isas:
         for dtype in ("float32", "float64"):
-            p = analytic.default_params(host, dtype, isa).replace(kc=16)  # several k blocks: bias once
+            # several k blocks (bias once) and, for 2d, several row blocks and tiles per thread
+            base = analytic.default_params(host, dtype, isa)
+            p = base.replace(kc=16, mc=2 * base.mr, parallel=parallel)
             kernel = api.build(p)
             m, n, k = 3 * p.mr + 1, 2 * p.nr + 3, 40
             a = random_matrix(rng, (m, k), dtype)
