@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from .machine import Machine
-from .params import (KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, packed_itemsize,
-                     registers_needed, vector_widths)
+from .params import (KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, k_per_element,
+                     packed_itemsize, registers_needed, vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
@@ -50,14 +50,16 @@ def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str, isa: str) -> tu
 
     Low et al. size KC so the B micro-panel (KC x NR) stays in L1. With NR four vectors wide that
     leaves KC under 100, too short to amortise the C tile's load and store; so KC instead lets the
-    B micro-panel take a quarter of L2 (capped at 384) and the streaming prefetchers feed L1. MC
-    makes the packed A block fill the L2 ways that B and C leave free; NC sizes the packed B panel
-    to half of L3. Sizes are in packed bytes, so bfloat16 pairs take twice the k of float32.
+    B micro-panel take a quarter of L2 and the streaming prefetchers feed L1, capped at 384 packed
+    elements (the C tile's cost is per micro-kernel call, so the cap counts FMAs, not bytes: float64
+    at KC 384 rather than 192 measured +3% on Zen 4). MC makes the packed A block fill the L2 ways
+    that B and C leave free; NC sizes the packed B panel to half of L3. Sizes are in packed bytes, and
+    a bfloat16 pair is one packed element of two values of k.
     """
-    size = packed_itemsize(dtype, isa)
+    size, pair = packed_itemsize(dtype, isa), k_per_element(isa)
     l2, l3 = machine.caches[2], machine.caches[3]
     kc = l2.size // 4 // (nr * size)
-    kc = max(64, min(384 * 4 // size, kc // 16 * 16))
+    kc = max(64, min(384 * pair, kc // 16 * 16))
     ways_a = max(1, l2.ways - 2)
     mc = ways_a * l2.sets * l2.line // 2 // (kc * size)
     mc = max(mr, min(4096, mc) // mr * mr)

@@ -95,6 +95,8 @@ class KernelParams:
     nc: int
     parallel: str = "ic"
     prefetch: int = 0
+    #: Prefetch every cache line of the C tile as the micro-kernel starts, not only each row's first.
+    prefetch_c: bool = False
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -105,6 +107,9 @@ class KernelParams:
             raise InvalidParams(f"isa {self.isa} computes bfloat16 only, not {self.dtype}")
         if self.parallel not in PARALLEL_LOOPS:
             raise InvalidParams(f"parallel must be one of {PARALLEL_LOOPS}, got {self.parallel!r}")
+        if not isinstance(self.prefetch_c, (bool, np.bool_)):
+            raise InvalidParams(f"prefetch_c must be a bool, got {self.prefetch_c!r}")
+        object.__setattr__(self, "prefetch_c", bool(self.prefetch_c))
         for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch"):
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -140,7 +145,7 @@ class KernelParams:
         vw = f"_v{self.vw}" if self.isa == "portable" else ""
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
-            f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}"
+            f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}{'c' if self.prefetch_c else ''}"
         )
 
     def to_dict(self) -> dict:

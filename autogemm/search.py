@@ -60,7 +60,7 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict) -> KernelPa
         raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
-                        parallel=choices["parallel"], prefetch=choices["prefetch"])
+                        parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"])
 
 
 def choices_from_params(p: KernelParams, threads: int) -> dict:
@@ -69,7 +69,7 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
         return min(options, key=lambda o: abs(math.log(o / value)))
     return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
             "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
-            "prefetch": p.prefetch, "threads": threads}
+            "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "threads": threads}
 
 
 def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
@@ -77,7 +77,7 @@ def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
     kc = [256, 512, 768] if dtype == "bfloat16" else [128, 256, 384]
     return {"isa": [machine.best_isa_for(dtype)], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
             "kc": kc, "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
-            "prefetch": [0, 8], "threads": [threads]}
+            "prefetch": [0, 8], "prefetch_c": [False, True], "threads": [threads]}
 
 
 def suggest(trial: optuna.Trial, machine: Machine, dtype: str, max_threads: int) -> dict:
@@ -91,6 +91,7 @@ def suggest(trial: optuna.Trial, machine: Machine, dtype: str, max_threads: int)
         "nc": trial.suggest_categorical("nc", list(NC_CHOICES)),
         "parallel": trial.suggest_categorical("parallel", list(PARALLEL_LOOPS)),
         "prefetch": trial.suggest_categorical("prefetch", list(PREFETCH_CHOICES)),
+        "prefetch_c": trial.suggest_categorical("prefetch_c", [False, True]),
         "threads": trial.suggest_int("threads", 1, max_threads),
     }
 
@@ -145,7 +146,8 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
         # Warm start: the analytic default first, then its nearest neighbours along the axes
         # that most often matter (prefetch, KC, the parallel loop).
         default = choices_from_params(analytic.default_params(machine, dtype), threads)
-        for change in ({}, {"prefetch": 8}, {"kc": 256}, {"parallel": "jr"}, {"parallel": "jp"}):
+        for change in ({}, {"prefetch": 8}, {"prefetch_c": not default["prefetch_c"]}, {"kc": 256},
+                       {"parallel": "jr"}, {"parallel": "jp"}):
             study.enqueue_trial({**default, **change}, skip_if_exists=True)
     seen = {t.user_attrs["kernel"]: t.value for t in study.trials
             if t.state == optuna.trial.TrialState.COMPLETE and "kernel" in t.user_attrs}

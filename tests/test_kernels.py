@@ -26,17 +26,17 @@ TEMPLATES = [
 
 def param_grid(isa, dtype):
     """The analytic default plus variants with tiny blocks, so every loop runs several times,
-    k-blocks leave an unroll remainder, and both parallel loops are used."""
+    k-blocks leave an unroll remainder, every parallel loop is used, and both ways of prefetching C."""
     base = analytic.default_params(HOST, dtype, isa)
     vw = base.vw
     tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
     return [
         base,
-        base.replace(**tiny, ku=4, parallel="ic", prefetch=2),
+        base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True),
         base.replace(**tiny, ku=8, parallel="jr"),
         base.replace(ku=1, mc=2 * base.mr, kc=8 if isa in params.PAIRED_ISAS else 7,
                      nc=2 * base.nr, parallel="jr", prefetch=1),
-        base.replace(**tiny, ku=2, parallel="2d"),
+        base.replace(**tiny, ku=2, parallel="2d", prefetch_c=True),
         base.replace(**tiny, ku=4, parallel="jp", prefetch=1),
     ]
 
@@ -330,3 +330,21 @@ def test_templates_refuse_to_compile_without_their_isa(isa, flag, tmp_path):
                            str(tmp_path / "k.o")], capture_output=True, text=True)
     assert proc.returncode != 0
     assert "autogemm: this kernel uses" in proc.stderr
+
+
+@pytest.mark.parametrize("dtype, vw, lines", [("float64", 4, 3), ("float32", 8, 2)])
+def test_prefetch_c_covers_every_line_of_the_c_tile_rows(dtype, vw, lines):
+    """A 4 x 16 tile: rows of 128 (float64) or 64 (float32) bytes take 2 or 1 lines, plus the last
+    byte for rows that start mid-line; without prefetch_c each row's first line only."""
+    from autogemm import render
+
+    p = params.KernelParams(dtype, "portable", mr=4, nr=16, vw=vw, ku=1, mc=4, kc=8, nc=16)
+    whole, first = render.render_gemm(p.replace(prefetch_c=True)), render.render_gemm(p)
+    row_bytes = 16 * np.dtype(dtype).itemsize
+    for i in range(4):
+        offsets = [o for o in range(0, row_bytes, 64)] + [row_bytes - 1]
+        assert len(offsets) == lines
+        for offset in offsets:
+            assert f"__builtin_prefetch((const char *)(c + {i} * rsc) + {offset}, 1);" in whole
+        assert f"__builtin_prefetch(c + {i} * rsc, 1);" in first
+    assert "(const char *)(c + " not in first and "__builtin_prefetch(c + " not in whole

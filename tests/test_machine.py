@@ -1,8 +1,9 @@
+import dataclasses
 import re
 
 import pytest
 
-from autogemm import analytic, toolchain
+from autogemm import analytic, machine, toolchain
 from autogemm.peak import measure_peak
 
 
@@ -30,6 +31,16 @@ def test_analytic_default_fills_registers_and_caches(host, dtype):
     size = 4 if dtype == "float32" else 8
     assert p.kc * p.nr * size <= host.caches[2].size // 4  # B micro-panel: a quarter of L2
     assert p.mc * p.kc * size <= host.caches[2].size  # packed A block fits in L2
+
+
+def test_kc_is_capped_in_packed_elements_not_bytes(host):
+    """With a 1 MiB L2, KC reaches the cap for every dtype: 384 values of k for float32 and float64
+    alike (float64 was once held to 192 by a cap in bytes), 384 pairs of k for bfloat16."""
+    big_l2 = dataclasses.replace(host, features=frozenset({"avx512f", "avx512_bf16", "avx2", "fma"}),
+                                 caches={**host.caches, 2: machine.Cache(1 << 20, 8, 64)})
+    kcs = {dtype: analytic.default_params(big_l2, dtype, isa).kc
+           for dtype, isa in (("float32", "avx512"), ("float64", "avx512"), ("bfloat16", "avx512bf16"))}
+    assert kcs == {"float32": 384, "float64": 384, "bfloat16": 768}
 
 
 @pytest.mark.parametrize("budget, vw", [(32, 16), (32, 8), (16, 8), (16, 4)])

@@ -10,6 +10,8 @@ def test_valid_params_have_a_descriptive_name():
     assert p.name == "ag_sgemm_avx2_6x16_k4_mc96_kc256_nc4096_ic_pf0"
     assert KernelParams.from_dict(p.to_dict()) == p
     assert hash(p) == hash(KernelParams(**GOOD))
+    with_c = p.replace(prefetch_c=True)
+    assert with_c.name == p.name + "c" and KernelParams.from_dict(with_c.to_dict()) == with_c
 
 
 @pytest.mark.parametrize("change, message", [
@@ -28,6 +30,8 @@ def test_valid_params_have_a_descriptive_name():
     (dict(ku=3), "ku"),
     (dict(mr=8, nr=16), "registers"),
     (dict(prefetch=1000), "prefetch"),
+    (dict(prefetch_c=1), "prefetch_c"),
+    (dict(prefetch_c="yes"), "prefetch_c"),
     (dict(dtype="float32); system(\"rm -rf /\""), "dtype"),
     (dict(isa="avx2 */ int x; /*"), "isa"),
 ])
