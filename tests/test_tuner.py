@@ -130,6 +130,18 @@ def test_first_trial_is_the_analytic_default(tmp_path):
     assert (first["isa"], first["mr"], first["nr"], first["ku"]) == (default.isa, default.mr, default.nr, default.ku)
 
 
+@pytest.mark.parametrize("k, one_pass", [(100, None), (700, 768), (768, 768), (4096, None)])
+def test_warm_start_tries_all_of_a_short_k_in_one_block(k, one_pass):
+    from autogemm.workload import Problem
+
+    default = analytic.default_params(HOST, "float32")
+    first = search.warm_start(HOST, "float32", Problem(4096, 4096, k), 2)
+    assert first[0]["kc"] == search.choices_from_params(default, 2)["kc"]
+    extra = [c["kc"] for c in first if c["kc"] > max(256, first[0]["kc"])]
+    assert extra == ([one_pass] if one_pass and one_pass > first[0]["kc"] else [])
+    assert len({tuple(sorted(c.items())) for c in first}) == len(first)  # no trial twice
+
+
 def test_interrupted_search_resumes_without_losing_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     calls = []
