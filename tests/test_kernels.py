@@ -348,3 +348,35 @@ def test_prefetch_c_covers_every_line_of_the_c_tile_rows(dtype, vw, lines):
             assert f"__builtin_prefetch((const char *)(c + {i} * rsc) + {offset}, 1);" in whole
         assert f"__builtin_prefetch(c + {i} * rsc, 1);" in first
     assert "(const char *)(c + " not in first and "__builtin_prefetch(c + " not in whole
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+def test_transposed_b_packs_whole_blocks_of_columns_in_registers(isa, dtype, rng):
+    """A weight matrix stored [N x K] (NT): blocks of 16 (float64: 8) columns by 16 packed k are
+    transposed in registers on AVX-512; partial blocks of columns, the last k and an odd k (bf16
+    pairs) go element by element."""
+    p = analytic.default_params(HOST, dtype, isa).replace(kc=64)
+    m = 2 * p.mr + 1
+    for n, k in itertools.product((16, 33, p.nr, p.nr + 7), (32, 41, 97)):
+        a = random_matrix(rng, (m, k), dtype)
+        b = random_matrix(rng, (k, n), dtype, "T")
+        c = np.full((m, n), np.nan, acc(dtype))
+        api.build(p).gemm(a, b, c)
+        ratio = error_ratio(c, a, b, dtype=dtype)
+        assert ratio <= 1, f"{p.name}: {m}x{n}x{k} error ratio {ratio}"
+
+
+def test_the_float32_fallback_for_bfloat16_rounds_on_every_packing_path(rng):
+    """A bfloat16 kernel without vdpbf16ps takes float32 and rounds it while packing, on the paths that
+    move whole vectors too (row-major A, transposed B): the product is that of the rounded inputs."""
+    if not HOST.supports("avx512"):
+        pytest.skip("CPU lacks avx512")
+    bf16 = params.numpy_dtype("bfloat16")
+    p = analytic.default_params(HOST, "bfloat16", "avx512").replace(kc=64)
+    m, n, k = 2 * p.mr + 1, 40, 48
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32).T
+    c = np.full((m, n), np.nan, np.float32)
+    api.build(p).gemm(a, b, c)
+    assert error_ratio(c, a.astype(bf16), b.astype(bf16), dtype="bfloat16") <= 1
+    assert np.abs(c - a.astype(np.float64) @ b).max() > 1e-3
