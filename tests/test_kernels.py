@@ -1,6 +1,9 @@
 """The micro-kernel contract, checked on every template and dtype this CPU can run."""
 
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -380,3 +383,49 @@ def test_the_float32_fallback_for_bfloat16_rounds_on_every_packing_path(rng):
     api.build(p).gemm(a, b, c)
     assert error_ratio(c, a.astype(bf16), b.astype(bf16), dtype="bfloat16") <= 1
     assert np.abs(c - a.astype(np.float64) @ b).max() > 1e-3
+
+
+def _transparent_huge_pages() -> str:
+    """The kernel's THP mode ('always', 'madvise' or 'never'), or '' off Linux."""
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return ""
+    return text[text.index("[") + 1:text.index("]")]
+
+
+@pytest.mark.skipif(_transparent_huge_pages() not in ("always", "madvise"),
+                    reason="no transparent huge pages on this system")
+def test_a_large_packing_workspace_asks_for_huge_pages():
+    """A GEMM whose packed panels take 2 MiB or more packs into huge pages (madvise), though its own
+    operands (under numpy's 4 MiB threshold for asking) do not ask; fails with 4 KiB pages. Run in a fresh interpreter, in a
+    thread of its own, whose workspace is new; the count is the process's AnonHugePages."""
+    code = textwrap.dedent("""
+        import threading, numpy as np
+        from autogemm import analytic, api, machine
+        def huge_kib():
+            for line in open("/proc/self/smaps_rollup"):
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+        p = analytic.default_params(machine.detect(), "float32")
+        k, n = p.kc, 3 * 1024 * 1024 // (4 * p.kc)  # packed B: 3 MiB; B itself 3 MiB, A 48 KiB
+        rng = np.random.default_rng(0)
+        a, b = rng.uniform(-1, 1, (32, k)).astype(np.float32), rng.uniform(-1, 1, (k, n)).astype(np.float32)
+        kernel = api.build(p)
+        result = {}
+        def work():
+            c = np.full((a.shape[0], n), np.nan, np.float32)
+            before = huge_kib()
+            kernel.gemm(a, b, c, threads=1, force_threads=True)  # the packed path, though small
+            result["grew"] = huge_kib() - before
+            result["right"] = bool(np.allclose(c, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4))
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        print(result["grew"], result["right"])
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    grew, right = proc.stdout.split()
+    assert right == "True"
+    assert int(grew) >= 2048, f"AnonHugePages grew by {grew} KiB"
