@@ -338,19 +338,24 @@ def test_templates_refuse_to_compile_without_their_isa(isa, flag, tmp_path):
 @pytest.mark.parametrize("dtype, vw, lines", [("float64", 4, 3), ("float32", 8, 2)])
 def test_prefetch_c_covers_every_line_of_the_c_tile_rows(dtype, vw, lines):
     """A 4 x 16 tile: rows of 128 (float64) or 64 (float32) bytes take 2 or 1 lines, plus the last
-    byte for rows that start mid-line; without prefetch_c each row's first line only."""
+    byte for rows that start mid-line. As the kernel starts, every line with prefetch_c, else each
+    row's first line only; late in k (768 vector FMAs before its end) every line."""
     from autogemm import render
 
     p = params.KernelParams(dtype, "portable", mr=4, nr=16, vw=vw, ku=1, mc=4, kc=8, nc=16)
-    whole, first = render.render_gemm(p.replace(prefetch_c=True)), render.render_gemm(p)
     row_bytes = 16 * np.dtype(dtype).itemsize
-    for i in range(4):
-        offsets = [o for o in range(0, row_bytes, 64)] + [row_bytes - 1]
-        assert len(offsets) == lines
-        for offset in offsets:
-            assert f"__builtin_prefetch((const char *)(c + {i} * rsc) + {offset}, 1);" in whole
-        assert f"__builtin_prefetch(c + {i} * rsc, 1);" in first
-    assert "(const char *)(c + " not in first and "__builtin_prefetch(c + " not in whole
+    offsets = [o for o in range(0, row_bytes, 64)] + [row_bytes - 1]
+    assert len(offsets) == lines
+    every_line = [f"__builtin_prefetch((const char *)(c + {i} * rsc) + {o}, 1);" for i in range(4) for o in offsets]
+    first_lines = [f"__builtin_prefetch(c + {i} * rsc, 1);" for i in range(4)]
+    for prefetch_c in (True, False):
+        source = render.render_gemm(p.replace(prefetch_c=prefetch_c))
+        steps = 768 // (4 * 16 // vw)  # 4 x 16 // vw vector FMAs a step of k
+        head, tail = source.split(f"const ptrdiff_t p_late = (kc - {steps}) & ~(ptrdiff_t)0;", 1)
+        start, late = head[head.rindex("AG_ZERO()"):], tail[:tail.index("AG_LOAD_P")]
+        assert all(line in late for line in every_line) and "if (p == p_late)" in late
+        assert all(line in start for line in (every_line if prefetch_c else first_lines))
+        assert ("__builtin_prefetch(c + " if prefetch_c else "(const char *)(c + ") not in start
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
