@@ -1,0 +1,80 @@
+"""A/B of two versions of the templates: one kernel rendered by each, timed in one process.
+
+On a noisy VM, kernels timed in separate processes drift with the host between runs. Here both
+builds live in one process and their calls alternate (A B B A A B ...), each call timed inside C,
+so drift hits both alike; the figure that counts is the median of the per-pair ratios.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/ab_templates.py /tmp/before --dtype float32 --shape 2048 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+
+from autogemm import analytic, api, bench, machine, toolchain
+from autogemm.kernel import Kernel
+from autogemm.params import KernelParams
+from autogemm.workload import Problem
+
+_RENDER = ("import sys; sys.path.insert(0, sys.argv[1]); from autogemm import params, render; "
+           "print(render.render_gemm(params.KernelParams(**eval(sys.argv[2])), harness=True), end='')")
+
+
+def build_from(checkout: str, params: KernelParams) -> Kernel:
+    """`params` rendered by the templates of another checkout, compiled and loaded here."""
+    source = subprocess.run([sys.executable, "-c", _RENDER, checkout, repr(params.to_dict())],
+                            capture_output=True, text=True, check=True).stdout
+    return Kernel(params, machine.detect(), toolchain.build_shared(source, params.name), source)
+
+
+def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, seed: int = 0) -> dict:
+    """GFLOP/s of each call of both kernels, in pairs whose order flips each time."""
+    m, n, k = shape
+    a, b, c, _ = bench.operands(Problem(m, n, k), before.params.dtype, np.random.default_rng(seed))
+    kernels = {"before": before, "after": after}
+    for kernel in kernels.values():
+        kernel.bench(a, b, threads=threads, warmup=1, reps=1, c=c)
+    gflops = {name: [] for name in kernels}
+    for i in range(pairs):
+        for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            seconds = kernels[name].bench(a, b, threads=threads, warmup=0, reps=1, c=c)[0]
+            gflops[name].append(2.0 * m * n * k / seconds * 1e-9)
+    ratios = np.array(gflops["after"]) / np.array(gflops["before"])
+    p20, median, p80 = np.percentile(ratios, [20, 50, 80])
+    return {"kernel": after.params.name, "shape": list(shape), "threads": threads, "pairs": pairs,
+            "before": float(np.median(gflops["before"])), "after": float(np.median(gflops["after"])),
+            "ratio": {"median": float(median), "p20": float(p20), "p80": float(p80)}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", help="a checkout (git worktree) holding the templates to compare against")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"))
+    parser.add_argument("--shape", default="2048", help="MxNxK, or N for a cube")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a kernel parameter other than the analytic default's (repeatable)")
+    args = parser.parse_args(argv)
+    params = analytic.default_params(machine.detect(), args.dtype)
+    if args.set:
+        fields = dict(item.split("=", 1) for item in args.set)
+        params = params.replace(**{name: (value if name in ("parallel", "isa") else
+                                          value == "1" if name == "prefetch_c" else int(value))
+                                   for name, value in fields.items()})
+    result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
+                       args.threads, args.pairs)
+    r = result["ratio"]
+    print(f"{result['kernel']} {args.shape} t{args.threads}: before {result['before']:.1f}, after "
+          f"{result['after']:.1f} GFLOP/s; after/before per pair: median {r['median']:.4f} "
+          f"(p20 {r['p20']:.4f}, p80 {r['p80']:.4f}) over {args.pairs} pairs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
