@@ -1,0 +1,40 @@
+"""benchmarks/ab_templates.py: the kernel it calls "before" comes from the other checkout's templates."""
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from autogemm import analytic, api, render
+from autogemm.check import error_ratio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("ab_templates", ROOT / "benchmarks" / "ab_templates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_before_is_rendered_from_the_other_checkout_and_both_are_timed(tmp_path, host, rng):
+    ab = _tool()
+    other = tmp_path / "before"
+    shutil.copytree(ROOT / "autogemm", other / "autogemm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(render.templates_dir(), other / "templates")
+    gemm = other / "templates" / "gemm.c.j2"
+    gemm.write_text("/* the other checkout */\n" + gemm.read_text())
+    p = analytic.default_params(host, "float32")
+
+    before, after = ab.build_from(str(other), p), api.build(p)
+    assert "/* the other checkout */" in before.source and "/* the other checkout */" not in after.source
+    a, b = rng.uniform(-1, 1, (37, 29)).astype(np.float32), rng.uniform(-1, 1, (29, 41)).astype(np.float32)
+    c = np.full((37, 41), np.nan, np.float32)
+    before.gemm(a, b, c)
+    assert error_ratio(c, a, b) <= 1
+
+    result = ab.alternate(before, after, (64, 48, 40), threads=1, pairs=3)
+    assert result["pairs"] == 3 and result["before"] > 0 and result["after"] > 0
+    assert result["ratio"]["p20"] <= result["ratio"]["median"] <= result["ratio"]["p80"]
