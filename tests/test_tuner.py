@@ -73,15 +73,19 @@ def test_study_goes_on_past_crashes_and_hangs(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     requested = []
 
-    with Worker(timeout=3, function="faulty_eval:evaluate") as worker:
+    trial = {"isa": "portable", "nv": 1, "ku": 2, "kc": 64, "mc": 48, "nc": 512, "parallel": "ic", "prefetch": 0,
+             "prefetch_c": False, "threads": 1}
+    # The good candidate is compiled here first, so the worker's short timeout measures its run, not a
+    # cold compile (which took over 3 s on a busy CI machine and counted as a second hang).
+    api.build(search.params_from_choices(HOST, "float32", {**trial, "mr": 4}))
+    with Worker(timeout=5, function="faulty_eval:evaluate") as worker:
         def evaluator(request):
             requested.append(request.params["mr"])
             return worker.run(request)
 
         study = optuna.create_study(study_name="x", storage=storage, direction="maximize")
         for mr in (2, 3, 4):  # a crash, a hang, then a good one
-            study.enqueue_trial({"isa": "portable", "mr": mr, "nv": 1, "ku": 2, "kc": 64, "mc": 48, "nc": 512,
-                                 "parallel": "ic", "prefetch": 0, "threads": 1})
+            study.enqueue_trial({**trial, "mr": mr})
         study, outcome = _search(storage, evaluator, trials=3, sampler="random", study=study, shape=(40, 40, 40))
     assert requested[:3] == [2, 3, 4]
     assert outcome.statuses[CRASH] == 1 and outcome.statuses[TIMEOUT] == 1 and outcome.statuses[OK] >= 1
