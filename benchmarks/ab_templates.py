@@ -11,6 +11,7 @@ so drift hits both alike; the figure that counts is the median of the per-pair r
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -21,13 +22,13 @@ from autogemm.kernel import Kernel
 from autogemm.params import KernelParams
 from autogemm.workload import Problem
 
-_RENDER = ("import sys; sys.path.insert(0, sys.argv[1]); from autogemm import params, render; "
-           "print(render.render_gemm(params.KernelParams(**eval(sys.argv[2])), harness=True), end='')")
+_RENDER = ("import json, sys; sys.path.insert(0, sys.argv[1]); from autogemm import params, render; "
+           "print(render.render_gemm(params.KernelParams.from_dict(json.loads(sys.argv[2])), harness=True), end='')")
 
 
 def build_from(checkout: str, params: KernelParams) -> Kernel:
     """`params` rendered by the templates of another checkout, compiled and loaded here."""
-    source = subprocess.run([sys.executable, "-c", _RENDER, checkout, repr(params.to_dict())],
+    source = subprocess.run([sys.executable, "-c", _RENDER, checkout, json.dumps(params.to_dict())],
                             capture_output=True, text=True, check=True).stdout
     return Kernel(params, machine.detect(), toolchain.build_shared(source, params.name), source)
 
@@ -45,10 +46,17 @@ def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, se
             seconds = kernels[name].bench(a, b, threads=threads, warmup=0, reps=1, c=c)[0]
             gflops[name].append(2.0 * m * n * k / seconds * 1e-9)
     ratios = np.array(gflops["after"]) / np.array(gflops["before"])
-    p20, median, p80 = np.percentile(ratios, [20, 50, 80])
     return {"kernel": after.params.name, "shape": list(shape), "threads": threads, "pairs": pairs,
             "before": float(np.median(gflops["before"])), "after": float(np.median(gflops["after"])),
-            "ratio": {"median": float(median), "p20": float(p20), "p80": float(p80)}}
+            "ratio": bench.stats(list(ratios))}
+
+
+def _value(text: str):
+    """A --set value: JSON (768, true) or, failing that, the word itself (2d)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main(argv=None) -> int:
@@ -59,14 +67,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a kernel parameter other than the analytic default's (repeatable)")
+                        help="a kernel parameter other than the analytic default's, as JSON or a bare word "
+                             "(kc=768, prefetch_c=true, parallel=2d; repeatable)")
     args = parser.parse_args(argv)
     params = analytic.default_params(machine.detect(), args.dtype)
-    if args.set:
-        fields = dict(item.split("=", 1) for item in args.set)
-        params = params.replace(**{name: (value if name in ("parallel", "isa") else
-                                          value == "1" if name == "prefetch_c" else int(value))
-                                   for name, value in fields.items()})
+    params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
     result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
                        args.threads, args.pairs)
     r = result["ratio"]
