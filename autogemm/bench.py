@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -231,12 +232,83 @@ def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: flo
             for name, s in summary.items()]
 
 
+def run_copies(kernel: Kernel, copies: list[tuple], calls: int) -> list[list[float]]:
+    """Runs one 1-thread GEMM per copy (stored a, b, c) at once, each on a Python thread of its own (the
+    kernel releases the GIL), until every copy has made `calls` timed calls after a common start. Returns
+    each copy's seconds per call for the calls that ended while every copy was still running."""
+    start = threading.Barrier(len(copies) + 1)
+    stop = threading.Event()
+    counts = [0] * len(copies)
+    ended: list[list[tuple[float, float]]] = [[] for _ in copies]
+    errors: list[BaseException] = []
+
+    def loop(index: int, a, b, c) -> None:
+        try:
+            kernel.bench(a, b, threads=1, warmup=1, reps=1, c=c)
+            start.wait()
+            while not stop.is_set():
+                seconds = float(kernel.bench(a, b, threads=1, warmup=0, reps=1, c=c)[0])
+                ended[index].append((time.perf_counter(), seconds))
+                counts[index] += 1
+        except threading.BrokenBarrierError:
+            pass
+        except BaseException as error:  # handed to the caller below
+            errors.append(error)
+            start.abort()
+            stop.set()
+
+    workers = [threading.Thread(target=loop, args=(i, *copy), daemon=True) for i, copy in enumerate(copies)]
+    for worker in workers:
+        worker.start()
+    try:
+        start.wait()
+        while min(counts) < calls and not stop.is_set():
+            time.sleep(0.001)
+    except threading.BrokenBarrierError:
+        pass
+    stopped = time.perf_counter()
+    stop.set()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return [[seconds for end, seconds in copy if end <= stopped] for copy in ended]
+
+
+def compare_independent(kernel: Kernel, shape, copies: int, *, rounds: int = 3, reps: int = 3,
+                        peak: float | None = None, seed: int = 0) -> Row:
+    """`copies` independent 1-thread GEMMs of `shape` at once, each on operands of its own (HPC
+    Challenge's StarDGEMM): what this kernel gets from that many cores with no work shared, no
+    barrier and no imbalance, only the clock under load and the shared caches and memory. Rounds
+    alternate one copy alone and all copies together; the row's GFLOP/s is the sum of the copies'
+    median rates and its efficiency that sum over `copies` times the rate alone, the most that any
+    threading of this kernel could reach here."""
+    problem = Problem(*shape)
+    flops = 2.0 * problem.m * problem.n * problem.k
+    dtype = kernel.params.dtype
+    rng = np.random.default_rng(seed)
+    inputs = [operands(problem, dtype, rng)[:3] for _ in range(copies)]
+    alone, together = [], []
+    for _ in range(rounds):
+        a, b, c = inputs[0]
+        alone += [flops / s * 1e-9 for s in kernel.bench(a, b, threads=1, warmup=1, reps=reps, c=c)]
+        time.sleep(SETTLE_AFTER["kernel"])
+        together.append(sum(flops / float(np.median(s)) * 1e-9 for s in run_copies(kernel, inputs, reps)))
+        time.sleep(SETTLE_AFTER["kernel"])
+    peak = peak or measure_peak(dtype, copies)
+    s = stats(together)
+    return Row(problem.shape, dtype, copies, "independent", s, 100.0 * s["median"] / peak, None,
+               efficiency=s["median"] / (copies * stats(alone)["median"]))
+
+
 def add_scaling(rows: list[Row]) -> None:
-    """Sets each row's parallel efficiency against the same shape and implementation on 1 thread."""
+    """Sets each row's parallel efficiency against the same shape and implementation on 1 thread
+    (rows that measured their own, as `compare_independent`'s, keep it)."""
     single = {(r.shape, r.impl): r.gflops["median"] for r in rows if r.threads == 1}
     for r in rows:
         base = single.get((r.shape, r.impl))
-        r.efficiency = r.gflops["median"] / (r.threads * base) if base else None
+        if r.efficiency is None:
+            r.efficiency = r.gflops["median"] / (r.threads * base) if base else None
 
 
 def format_table(rows: list[Row], peaks: dict) -> str:

@@ -193,6 +193,12 @@ def cmd_bench(args) -> int:
                     used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
                 new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key],
                                          with_torch=args.torch)
+                if args.independent and threads > 1:
+                    single = api.load(args.dtype, shape=shape, threads=1, tuned_dir=args.tuned_dir)
+                    single = single if single.tuned is not None else default
+                    used[f"independent {'x'.join(map(str, shape))}"] = single.params.name
+                    new_rows.append(bench.compare_independent(single, shape, threads, rounds=args.rounds,
+                                                              peak=peaks[key]))
             rows += new_rows
             if not args.json:
                 print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
@@ -276,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--no-baseline", action="store_true", help="skip the llm.c-style loops (slow)")
     bench_.add_argument("--torch", action="store_true",
                         help="also time PyTorch's matmul when it is installed (bfloat16 always does)")
+    bench_.add_argument("--independent", action="store_true",
+                        help="on N > 1 threads, also N independent 1-thread GEMMs at once (the scaling ceiling)")
     bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)
