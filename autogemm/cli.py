@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--torch", action="store_true",
                         help="also time PyTorch's matmul when it is installed (bfloat16 always does)")
     bench_.add_argument("--independent", action="store_true",
-                        help="on N > 1 threads, also N independent 1-thread GEMMs at once (the scaling ceiling)")
+                        help="on N > 1 threads, also N independent 1-thread GEMMs at once, the scaling ceiling "
+                             "(N copies of the operands in memory)")
     bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)
