@@ -189,8 +189,12 @@ def cmd_bench(args) -> int:
                 kernels = {"default": default}
                 tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
                 if tuned.tuned is not None:
-                    kernels = {"tuned": tuned, **kernels}
-                    used[f"tuned {'x'.join(map(str, shape))} t{threads}"] = tuned.params.name
+                    label = f"tuned {'x'.join(map(str, shape))} t{threads}"
+                    if tuned.params == default.params:  # timed once: two rows would only show the noise
+                        used[label] = f"{tuned.params.name} (the default: its row)"
+                    else:
+                        kernels = {"tuned": tuned, **kernels}
+                        used[label] = tuned.params.name
                 new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key],
                                          with_torch=args.torch)
                 if args.independent and threads > 1:

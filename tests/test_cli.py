@@ -102,3 +102,26 @@ def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
     assert {"default", "numpy", "torch"} <= set(rows)
     assert rows["torch"]["vs_torch"] == 1.0
     assert rows["default"]["vs_torch"] == pytest.approx(rows["default"]["gflops"]["median"] / rows["torch"]["gflops"]["median"])
+
+
+def test_bench_times_a_tuned_entry_once_when_it_is_the_default_kernel(tmp_path):
+    """A tuned entry holding the default kernel gets no row of its own (two rows of one kernel would
+    only show the noise); one holding another kernel is timed beside the default."""
+    from autogemm import analytic, store
+
+    host = machine.detect()
+    default = analytic.default_params(host, "float32")
+    other = default.replace(kc=default.kc // 2)
+    for params, shape in ((default, (96, 64, 80)), (other, (64, 96, 80))):
+        store.save(host.describe(), {"dtype": "float32", "shape": list(shape), "threads": 1,
+                                     "params": params.to_dict()}, tmp_path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shape", "96x64x80", "--shape", "64x96x80", "--threads", "1", "--rounds", "1",
+                 "--tuned-dir", str(tmp_path), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    impls = {}
+    for row in report["rows"]:
+        impls.setdefault(tuple(row["shape"]), []).append(row["impl"])
+    assert impls == {(96, 64, 80): ["default", "numpy"], (64, 96, 80): ["tuned", "default", "numpy"]}
+    assert report["kernels"]["tuned 96x64x80 t1"] == f"{default.name} (the default: its row)"
+    assert report["kernels"]["tuned 64x96x80 t1"] == other.name
