@@ -244,7 +244,7 @@ def run_copies(kernel: Kernel, copies: list[tuple], calls: int) -> list[list[flo
 
     def loop(index: int, a, b, c) -> None:
         try:
-            kernel.bench(a, b, threads=1, warmup=1, reps=1, c=c)
+            kernel.bench(a, b, threads=1, warmup=0, reps=1, c=c)  # one call to warm up: buffers, caches
             start.wait()
             while not stop.is_set():
                 seconds = float(kernel.bench(a, b, threads=1, warmup=0, reps=1, c=c)[0])
