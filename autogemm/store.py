@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 import time
 import warnings
@@ -167,6 +168,16 @@ def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = 
     return min(candidates, key=lambda e: (mismatch(e)[0], e.distance(shape) + 0.5 * sum(mismatch(e)[1:])))
 
 
+def _file_mode(path: Path) -> int:
+    """The permissions a rewritten file keeps: its own, or for a new one what open() gives (0666
+    less the umask), not mkstemp's 0600, so a shared tuned directory stays readable to its team."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save(machine: dict, record: dict, directory: Path) -> Path:
     """Adds or replaces the entry for (dtype, shape, threads) in this machine's file, atomically.
 
@@ -191,6 +202,7 @@ def save(machine: dict, record: dict, directory: Path) -> Path:
                 "sha256": entries_hash(entries)}
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
         try:
+            os.fchmod(fd, _file_mode(path))
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1, sort_keys=True)
                 f.write("\n")

@@ -1,6 +1,8 @@
 """The tuner: isolation of bad candidates, resume, tuned files, and the search logic."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 import warnings
@@ -206,6 +208,18 @@ def test_tuned_file_round_trip_and_nearest_shape(tmp_path):
     assert store.nearest(entries, "float64", (300, 200, 256), 2) is None
     kernel = api.load("float32", shape=(200, 200, 200), tuned_dir=tmp_path)
     assert kernel.params == small and kernel.tuned["shape"] == [256, 256, 256] and kernel.default_threads == 1
+
+
+def test_tuned_file_gets_the_umask_mode_and_keeps_its_own(tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        path = store.save(HOST.describe(), _record(analytic.default_params(HOST, "float32")), tmp_path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as open() would make it, not mkstemp's 0600
+        path.chmod(0o640)
+        store.save(HOST.describe(), _record(analytic.default_params(HOST, "float32").replace(ku=2)), tmp_path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old_umask)
 
 
 def test_tuned_kernel_is_loaded_in_a_new_process(tmp_path):
