@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .machine import Machine
-from .params import (KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, k_per_element,
+from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, k_per_element,
                      packed_itemsize, registers_needed, vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
@@ -75,8 +75,9 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     mr, nr = register_tile(register_budget(machine, isa), vw)
     mc, kc, nc = cache_blocks(machine, mr, nr, dtype, isa)
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
+    direct_m, direct_mflops = direct_limits(machine)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
-                        parallel=parallel_loop(machine), prefetch=0)
+                        parallel=parallel_loop(machine), prefetch=0, direct_m=direct_m, direct_mflops=direct_mflops)
 
 
 #: Cores above which the default splits row blocks and B micro-panels (2d) rather than rows (ic).
@@ -89,3 +90,13 @@ def parallel_loop(machine: Machine) -> str:
     micro-panels, so B is read from L3 once per block of A rather than once per thread (16 cores of
     Ice Lake: 1.1-1.4x ic at 1024^3-4096^3 and on the GPT-2 shapes)."""
     return "2d" if machine.cores > MANY_CORES else "ic"
+
+
+def direct_limits(machine: Machine) -> tuple[int, int]:
+    """Rows, and million flops, up to which GEMMs skip packing (the direct path reads B in place).
+    On few Intel cores B's rows, a page apart, outrun the prefetchers sooner: 48 rows and 16 Mflop
+    (about 200^3), where 2 Emerald Rapids cores measured the crossover (templates/partials/kernel.c.j2);
+    elsewhere 512 rows and 400 Mflop, Zen 4's crossover, which 16 Xeon cores also beat packing to."""
+    if machine.vendor == "genuineintel" and machine.cores <= MANY_CORES:
+        return 48, 16
+    return DIRECT_LIMITS

@@ -14,6 +14,9 @@ ISAS = ("avx512bf16", "avx512", "avx2", "portable")
 PAIRED_ISAS = ("avx512bf16",)
 PARALLEL_LOOPS = ("ic", "jr", "2d", "jp")
 KU_CHOICES = (1, 2, 4, 8)
+#: Rows and million flops up to which the direct path skips packing, unless a kernel says otherwise
+#: (measured on Zen 4; see analytic.direct_limits).
+DIRECT_LIMITS = (512, 400)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the
 #: compiler lowers it to; 32 matches AArch64 NEON/SVE and AVX-512, the widest common case.
@@ -30,6 +33,8 @@ _LIMITS = {  # inclusive ranges that keep the generated code and its stack tile 
     "kc": (1, 1 << 14),
     "nc": (1, 1 << 20),
     "prefetch": (0, 64),
+    "direct_m": (0, 1 << 16),
+    "direct_mflops": (0, 1 << 20),
 }
 
 
@@ -97,6 +102,10 @@ class KernelParams:
     prefetch: int = 0
     #: Prefetch every cache line of the C tile as the micro-kernel starts, not only each row's first.
     prefetch_c: bool = False
+    #: The direct path (no packing) takes GEMMs of at most `direct_m` rows, or of at most
+    #: `direct_mflops` million flops with a small B (see the template's AG_DIRECT_*).
+    direct_m: int = DIRECT_LIMITS[0]
+    direct_mflops: int = DIRECT_LIMITS[1]
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -110,7 +119,7 @@ class KernelParams:
         if not isinstance(self.prefetch_c, (bool, np.bool_)):
             raise InvalidParams(f"prefetch_c must be a bool, got {self.prefetch_c!r}")
         object.__setattr__(self, "prefetch_c", bool(self.prefetch_c))
-        for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch"):
+        for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch", "direct_m", "direct_mflops"):
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise InvalidParams(f"{field} must be an int, got {value!r}")
@@ -143,9 +152,11 @@ class KernelParams:
         """Kernel name; also its cache key and the label in tuned files."""
         letter = BLAS_LETTER[self.dtype]
         vw = f"_v{self.vw}" if self.isa == "portable" else ""
+        direct = "" if (self.direct_m, self.direct_mflops) == DIRECT_LIMITS else f"_d{self.direct_m}m{self.direct_mflops}"
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
             f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}{'c' if self.prefetch_c else ''}"
+            f"{direct}"
         )
 
     def to_dict(self) -> dict:

@@ -22,8 +22,12 @@ from autogemm.kernel import Kernel
 from autogemm.params import KernelParams
 from autogemm.workload import Problem
 
-_RENDER = ("import json, sys; sys.path.insert(0, sys.argv[1]); from autogemm import params, render; "
-           "print(render.render_gemm(params.KernelParams.from_dict(json.loads(sys.argv[2])), harness=True), end='')")
+#: Renders in the other checkout; parameters that its KernelParams does not have yet are left out, so
+#: that it builds the kernel as it was before they existed.
+_RENDER = ("import dataclasses, json, sys; sys.path.insert(0, sys.argv[1]); from autogemm import params, render; "
+           "known = {f.name for f in dataclasses.fields(params.KernelParams)}; "
+           "given = {k: v for k, v in json.loads(sys.argv[2]).items() if k in known}; "
+           "print(render.render_gemm(params.KernelParams.from_dict(given), harness=True), end='')")
 
 
 def build_from(checkout: str, params: KernelParams) -> Kernel:

@@ -148,7 +148,7 @@ def elements(x):
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dtype):
-    kernel = api.build(param_grid(isa, dtype)[0])
+    kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=512, direct_mflops=400))
     assert kernel.path(1, 2, 1) == "direct"
     assert kernel.path(100, 100, 100) == "direct"
     assert kernel.path(512, 512, 512) == "direct"  # B stays in cache and the flops are few
@@ -166,6 +166,21 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "packed"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+def test_the_direct_limits_are_the_kernels_own(isa, dtype):
+    """Tighter limits (a few Intel cores' default) pack what Zen 4's would compute in place."""
+    kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=48, direct_mflops=16))
+    assert kernel.path(48, 3072, 768) == "direct"  # few rows, however large B
+    assert kernel.path(49, 3072, 768) == "packed"
+    assert kernel.path(256, 768, 50304) == "packed"
+    assert kernel.path(160, 160, 160) == "direct"  # 8.2 Mflop
+    assert kernel.path(256, 256, 256) == "packed"  # 34 Mflop
+    assert kernel.path(512, 512, 512) == "packed"
+    off = api.build(param_grid(isa, dtype)[0].replace(direct_m=0, direct_mflops=0))
+    assert off.path(1, 300, 17) == "packed" and off.path(8, 8, 8) == "packed"
+    assert off.path(199, 1, 73) == "dot"  # the dot path has its own limits
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)

@@ -60,9 +60,16 @@ def test_register_tile_is_the_best_feasible_tile(budget, vw):
                                          (analytic.MANY_CORES + 1, "2d"), (16, "2d"), (128, "2d")])
 def test_default_parallel_loop_follows_the_core_count(host, cores, loop):
     """Few cores: rows (ic), each thread with its own A block; many: row blocks x B micro-panels (2d)."""
-    import dataclasses
-
     assert analytic.default_params(dataclasses.replace(host, cores=cores), "float32").parallel == loop
+
+@pytest.mark.parametrize("vendor, cores, limits", [("genuineintel", 2, (48, 16)), ("genuineintel", 16, (512, 400)),
+                                                   ("authenticamd", 2, (512, 400)), ("apple", 8, (512, 400))])
+def test_direct_path_limits_follow_the_vendor_and_core_count(host, vendor, cores, limits):
+    """Few Intel cores pack from 48 rows or 16 Mflop; Zen 4's crossover (and 16 Xeon cores') is later."""
+    p = analytic.default_params(dataclasses.replace(host, vendor=vendor, cores=cores), "float32")
+    assert (p.direct_m, p.direct_mflops) == limits
+    assert p.name.endswith("_d48m16") == (limits == (48, 16))  # the usual limits keep the usual names
+
 
 def test_register_tile_for_avx512_float32():
     assert analytic.register_tile(32, 16) == (6, 64)  # 24 accumulators, 2.4 FMAs per load

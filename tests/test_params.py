@@ -12,6 +12,11 @@ def test_valid_params_have_a_descriptive_name():
     assert hash(p) == hash(KernelParams(**GOOD))
     with_c = p.replace(prefetch_c=True)
     assert with_c.name == p.name + "c" and KernelParams.from_dict(with_c.to_dict()) == with_c
+    tight = p.replace(direct_m=48, direct_mflops=16)
+    assert tight.name == p.name + "_d48m16" and KernelParams.from_dict(tight.to_dict()) == tight
+    # a tuned file written before the direct limits were parameters reads as the kernel it measured
+    old = {k: v for k, v in p.to_dict().items() if not k.startswith("direct_")}
+    assert KernelParams.from_dict(old) == p and (p.direct_m, p.direct_mflops) == (512, 400)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -32,6 +37,9 @@ def test_valid_params_have_a_descriptive_name():
     (dict(prefetch=1000), "prefetch"),
     (dict(prefetch_c=1), "prefetch_c"),
     (dict(prefetch_c="yes"), "prefetch_c"),
+    (dict(direct_m=-1), "direct_m"),
+    (dict(direct_mflops=1.5), "int"),
+    (dict(direct_mflops=1 << 21), "direct_mflops"),
     (dict(dtype="float32); system(\"rm -rf /\""), "dtype"),
     (dict(isa="avx2 */ int x; /*"), "isa"),
 ])
