@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from .machine import Machine
-from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize, k_per_element,
-                     packed_itemsize, registers_needed, vector_widths)
+from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize,
+                     k_per_element, packed_itemsize, registers_needed, vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
