@@ -62,6 +62,7 @@ def test_default_parallel_loop_follows_the_core_count(host, cores, loop):
     """Few cores: rows (ic), each thread with its own A block; many: row blocks x B micro-panels (2d)."""
     assert analytic.default_params(dataclasses.replace(host, cores=cores), "float32").parallel == loop
 
+
 @pytest.mark.parametrize("vendor, cores, limits", [("genuineintel", 2, (48, 16)), ("genuineintel", 16, (512, 400)),
                                                    ("authenticamd", 2, (512, 400)), ("apple", 8, (512, 400))])
 def test_direct_path_limits_follow_the_vendor_and_core_count(host, vendor, cores, limits):
