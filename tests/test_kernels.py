@@ -129,8 +129,9 @@ DIRECT_TEMPLATES = [case for case in TEMPLATES if case.values[1] != "bfloat16"]
 
 
 def unit_column_stride(rng, shape, dtype, layout):
-    """A random matrix whose rows are contiguous: C order, every other row of a bigger array, or
-    reversed rows, as the direct path reads B and writes C."""
+    """A random matrix whose rows are contiguous: C order, every other row of a bigger array,
+    reversed rows, or rows 4 KiB apart (forwards or reversed: the direct path's prefetch distance
+    for rows that share cache sets), as the direct path reads B and writes C."""
     m, n = shape
     if layout == "C":
         return rng.uniform(-1, 1, (m, n)).astype(dtype)
@@ -138,6 +139,9 @@ def unit_column_stride(rng, shape, dtype, layout):
         return rng.uniform(-1, 1, (2 * m, n + 3)).astype(dtype)[::2, :n]
     if layout == "negative-rows":
         return rng.uniform(-1, 1, (m, n)).astype(dtype)[::-1]
+    if layout.endswith("4k-rows"):
+        page = rng.uniform(-1, 1, (m, 4096 // np.dtype(dtype).itemsize)).astype(dtype)[:, :n]
+        return page[::-1] if layout.startswith("negative") else page
     raise ValueError(layout)
 
 
@@ -187,7 +191,7 @@ def test_the_direct_limits_are_the_kernels_own():
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("layout_a, layout_b, layout_c", [
     ("C", "C", "C"), ("F", "rows", "rows"), ("T", "negative-rows", "C"), ("strided", "C", "rows"),
-    ("negative", "rows", "negative-rows"),
+    ("negative", "rows", "negative-rows"), ("C", "4k-rows", "C"), ("F", "negative-4k-rows", "rows"),
 ])
 def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_b, layout_c, rng):
     """Edge sizes around MR, NR and the vector width (masked columns), alpha, beta = 0 over NaN, beta != 0
