@@ -33,3 +33,16 @@ def measure_peak(dtype: str = "float32", threads: int = 1, isa: str | None = Non
     iters = int(iters * 0.1 / seconds) + 1
     flops = lib.autogemm_peak_flops_per_iter() * iters * threads
     return max(flops / lib.autogemm_peak_seconds(threads, iters) for _ in range(repeats)) * 1e-9
+
+
+_highest: dict = {}  # (dtype, threads, isa) -> the highest reading this process took
+
+
+def highest_peak(dtype: str = "float32", threads: int = 1, isa: str | None = None) -> float:
+    """A fresh `measure_peak` reading, or a higher one this process took before, so that a reading
+    disturbed by other work (on a 2-vCPU VM both threads of a reading once shared one CPU and read
+    half the peak) never stands as the peak that later figures are a percentage of."""
+    key = (dtype, threads, isa)
+    _highest[key] = max(_highest.get(key, 0.0), measure_peak(dtype, threads, isa))
+    return _highest[key]
+

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import __version__, analytic, api, bench, machine, search, store, workload
 from .evaluate import Worker, timed_problem
-from .peak import measure_peak
+from .peak import highest_peak
 from .workload import Problem
 
 DEFAULT_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (4096, 768, 768)]
@@ -82,7 +82,7 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
     if all(params != default or run_threads != threads for params, run_threads, _ in finalists):
         finalists.append((default, threads, 0.0))
     # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
-    peak = measure_peak(dtype, threads)
+    peak = highest_peak(dtype, threads)
     measured = timed_problem(problem)
     names = {f"#{rank}": (params, run_threads) for rank, (params, run_threads, _) in enumerate(finalists, 1)}
     rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads, rounds=5, peak=peak,

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from autogemm import analytic, machine, toolchain
+from autogemm import analytic, machine, peak, toolchain
 from autogemm.peak import measure_peak
 
 
@@ -109,3 +109,14 @@ def test_peak_is_measured_not_folded_away(host, dtype):
     ceiling = 6.0 * 4 * 2 * lanes
     rate = measure_peak(dtype, 1, repeats=1)
     assert 0.5 < rate < ceiling
+
+
+def test_a_disturbed_peak_reading_never_stands(monkeypatch):
+    """The tuner's %-of-peak figures use the highest reading: a reading taken while both threads shared
+    one CPU (half the peak) once recorded a tuned entry at 178% of peak."""
+    readings = iter([230.0, 115.0, 232.0, 50.0])
+    monkeypatch.setattr(peak, "measure_peak", lambda dtype, threads, isa=None: next(readings))
+    monkeypatch.setattr(peak, "_highest", {})
+    assert [peak.highest_peak("float32", 2) for _ in range(3)] == [230.0, 230.0, 232.0]
+    assert peak.highest_peak("float64", 2) == 50.0  # each dtype and thread count its own
+
