@@ -45,4 +45,3 @@ def highest_peak(dtype: str = "float32", threads: int = 1, isa: str | None = Non
     key = (dtype, threads, isa)
     _highest[key] = max(_highest.get(key, 0.0), measure_peak(dtype, threads, isa))
     return _highest[key]
-

@@ -119,4 +119,3 @@ def test_a_disturbed_peak_reading_never_stands(monkeypatch):
     monkeypatch.setattr(peak, "_highest", {})
     assert [peak.highest_peak("float32", 2) for _ in range(3)] == [230.0, 230.0, 232.0]
     assert peak.highest_peak("float64", 2) == 50.0  # each dtype and thread count its own
-
