@@ -12,10 +12,10 @@ from . import machine, render, toolchain
 @functools.lru_cache(maxsize=None)
 def _peak_library(isa: str, dtype: str):
     source = render.render_peak(isa, dtype)
-    library = toolchain.build_shared(source, f"ag_peak_{isa}_{dtype}",
-                                     extra_flags=toolchain.detect().openmp_flags)
+    library = toolchain.build_shared(source, f"ag_peak_{isa}_{dtype}")
     ffi = cffi.FFI()
-    ffi.cdef("double autogemm_peak_flops_per_iter(void); double autogemm_peak_seconds(int nthreads, long iters);")
+    ffi.cdef("double autogemm_peak_flops_per_iter(void); double autogemm_peak_seconds(int nthreads, long iters);"
+             "int autogemm_peak_threads_ran(void);")
     return ffi.dlopen(str(library))
 
 
@@ -27,12 +27,19 @@ def measure_peak(dtype: str = "float32", threads: int = 1, isa: str | None = Non
     """
     isa = isa or machine.detect().best_isa_for(dtype)
     lib = _peak_library(isa, dtype)
+
+    def seconds_for(iters: int) -> float:
+        seconds = lib.autogemm_peak_seconds(threads, iters)
+        if seconds < 0:
+            raise RuntimeError(f"autogemm: the FMA peak could not start {threads} threads")
+        return seconds
+
     iters = 1 << 12
-    while (seconds := lib.autogemm_peak_seconds(threads, iters)) < 0.01:
+    while (seconds := seconds_for(iters)) < 0.01:
         iters *= 4
     iters = int(iters * 0.1 / seconds) + 1
     flops = lib.autogemm_peak_flops_per_iter() * iters * threads
-    return max(flops / lib.autogemm_peak_seconds(threads, iters) for _ in range(repeats)) * 1e-9
+    return max(flops / seconds_for(iters) for _ in range(repeats)) * 1e-9
 
 
 _highest: dict = {}  # (dtype, threads, isa) -> the highest reading this process took

@@ -49,8 +49,8 @@ class Compiler:
 
     @functools.cached_property
     def openmp_flags(self) -> tuple[str, ...]:
-        """-fopenmp if the compiler can build and link it, else (): only the measuring code uses OpenMP
-        (the peak loops and the llm.c-style baseline); kernels thread with their own pthreads."""
+        """-fopenmp if the compiler can build and link it, else (): only the llm.c-style baseline uses
+        OpenMP; kernels and the peak loops thread with their own pthreads."""
         return ("-fopenmp",) if _accepts(self.command, ("-fopenmp",), "#include <omp.h>\n") else ()
 
     @property

@@ -119,3 +119,13 @@ def test_a_disturbed_peak_reading_never_stands(monkeypatch):
     monkeypatch.setattr(peak, "_highest", {})
     assert [peak.highest_peak("float32", 2) for _ in range(3)] == [230.0, 230.0, 232.0]
     assert peak.highest_peak("float64", 2) == 50.0  # each dtype and thread count its own
+
+
+def test_every_thread_of_a_peak_reading_runs(host):
+    """The peak loops run on pthreads of their own, built without -fopenmp: where an OpenMP pragma was
+    ignored (Apple's clang) a reading on N threads ran one and reported one core's rate as N cores' peak."""
+    lib = peak._peak_library(host.best_isa_for("float32"), "float32")
+    for threads in (1, 3, 2):
+        assert lib.autogemm_peak_seconds(threads, 2000) > 0
+        assert lib.autogemm_peak_threads_ran() == threads
+
