@@ -67,11 +67,12 @@ def check_runnable(params: KernelParams) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def build(params: KernelParams) -> Kernel:
-    """Renders, compiles (cached on disk) and loads the kernel for `params`."""
+def build(params: KernelParams, *, phases: bool = False) -> Kernel:
+    """Renders, compiles (cached on disk) and loads the kernel for `params`; with `phases`, a build
+    that times each phase of its packed path (`Kernel.phase_seconds`), for profiles only."""
     check_runnable(params)
-    source = render.render_gemm(params, harness=True)
-    library = toolchain.build_shared(source, params.name)
+    source = render.render_gemm(params, harness=True, phases=phases)
+    library = toolchain.build_shared(source, params.name + ("_phases" if phases else ""))
     return Kernel(params, machine.detect(), library, source)
 
 

@@ -174,9 +174,51 @@ def cmd_bench_workload(args) -> int:
     return 0
 
 
+def cmd_bench_phases(args) -> int:
+    """Each shape's time by phase (packing B, packing A, macro-kernels), for the kernel that
+    `autogemm.load()` picks, after the default kernel's macro-kernels on data in cache."""
+    from . import phases
+
+    if any(calls for _, calls in _shapes(args)):
+        raise ValueError("bench --phases times the kernel's phases inside C; leave out --calls and the small suite")
+    default = analytic.default_params(machine.detect(), args.dtype)
+    rows, peaks = [], {}
+
+    def add(row, new_rows):
+        new_rows.append(row)
+        if not args.json:
+            print(phases.format_phases([row]).splitlines()[1], flush=True)
+
+    for threads in _threads_list(args.threads):
+        peak, new_rows = measure_peak(args.dtype, threads), []
+        if threads == 1:
+            add(phases.in_cache(default), new_rows)
+        for shape, _ in _shapes(args):
+            params = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir).params
+            add(phases.profile(params, shape, threads), new_rows)
+            # measured again after each shape, as in a comparison run: a disturbed reading cannot stand
+            peak = max(peak, measure_peak(args.dtype, threads))
+        peaks[threads] = peak
+        rows += [phases.with_peak(r, peak) for r in new_rows]
+    report = {"machine": machine.detect().describe(), "dtype": args.dtype,
+              "peak_gflops": {f"{args.dtype}/{t}": v for t, v in peaks.items()},
+              "rows": [dataclasses.asdict(r) for r in rows]}
+    if args.json:
+        _print_json(report, args.json)
+        if args.json == "-":
+            return 0
+    print(phases.format_phases(rows))
+    print("shares of the threads' time (wall x threads); other: waiting at barriers, loops outside the phases;\n"
+          "in L2: one thread on one MC x KC block of A and two B micro-panels, the macro-kernels' ceiling\n"
+          "measured FMA peak (GFLOP/s): " + ", ".join(f"{args.dtype} {t} thr {v:.1f}" for t, v in peaks.items()))
+    return 0
+
+
 def cmd_bench(args) -> int:
     if args.workload:
         return cmd_bench_workload(args)
+    if args.phases:
+        return cmd_bench_phases(args)
     default = api.load(args.dtype, params=analytic.default_params(machine.detect(), args.dtype))
     rows, peaks, used = [], {}, {"default": default.params.name}
     for threads in _threads_list(args.threads):
@@ -289,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--independent", action="store_true",
                         help="on N > 1 threads, also N independent 1-thread GEMMs at once, the scaling ceiling "
                              "(N copies of the operands in memory)")
+    bench_.add_argument("--phases", action="store_true",
+                        help="time packing B, packing A and the macro-kernels of each shape in a profiling build, "
+                             "instead of comparing with numpy")
     bench_.add_argument("--tuned-dir", help="read tuned files from this directory")
     bench_.add_argument("--json", nargs="?", const="-", help="write JSON (to a file, or stdout)")
     bench_.set_defaults(func=cmd_bench)

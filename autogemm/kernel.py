@@ -22,7 +22,10 @@ int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
     void *seconds);
 int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t rsb,
     ptrdiff_t csb, ptrdiff_t csc);
+void autogemm_{p}gemm_phases(void *seconds);
 """
+#: The phases a profiling build times, in the order `autogemm_?gemm_phases` reports them.
+PHASES = ("pack_b", "pack_a", "macro")
 #: bfloat16 kernels' `sources` flags: which operands hold float32 (rounded to bfloat16 while packing).
 A_FLOAT32, B_FLOAT32 = 1, 2
 
@@ -256,11 +259,25 @@ class Kernel:
         rsb, csb = b_strides or (n, 1)
         return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride)]
 
+    def phase_seconds(self) -> dict[str, float]:
+        """Seconds spent packing B, packing A and in macro-kernels since the last reading, summed over
+        the threads (a build made with `api.build(params, phases=True)` only)."""
+        try:
+            read = getattr(self._lib, f"autogemm_{BLAS_LETTER[self.params.dtype]}gemm_phases")
+        except AttributeError:
+            raise RuntimeError(f"{self.params.name} is not a profiling build: "
+                               "build it with autogemm.api.build(params, phases=True)") from None
+        seconds = np.zeros(len(PHASES), np.float64)
+        read(self._pointer(seconds))
+        return dict(zip(PHASES, map(float, seconds)))
+
     def bench(self, a: np.ndarray, b: np.ndarray, *, threads: int, warmup: int = 1, reps: int = 5,
               trans_a: bool = False, trans_b: bool = False, beta: float = 0.0,
-              c: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
+              c: np.ndarray | None = None, bias: np.ndarray | None = None,
+              force_threads: bool = False) -> np.ndarray:
         """Seconds of each of `reps` timed calls of c = op(a) @ op(b) + bias + beta * c, timed inside C
-        after `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a."""
+        after `warmup` calls. `a` and `b` are the stored (row-major) operands: a is k x m when trans_a.
+        `force_threads` runs exactly `threads` threads on the packed path, however small the GEMM."""
         a = np.ascontiguousarray(a, self.input_dtypes[0])
         b = np.ascontiguousarray(b, self.input_dtypes[0])
         m, k = a.shape[::-1] if trans_a else a.shape
@@ -276,7 +293,7 @@ class Kernel:
         seconds = np.zeros(reps, np.float64)
         status = self._bench(int(trans_a), int(trans_b), m, n, k, self._pointer(a), self._pointer(b), beta,
                              self._pointer(c), self._pointer(bias) if bias is not None else self._ffi.NULL,
-                             resolve_threads(threads), warmup, reps,
+                             -resolve_threads(threads) if force_threads else resolve_threads(threads), warmup, reps,
                              self._pointer(seconds))
         if status != 0:
             raise MemoryError(f"autogemm: cannot allocate packing buffers for {m}x{n}x{k}")

@@ -81,12 +81,15 @@ def render_workload_header(name: str, dtype: str, table: list[dict]) -> str:
         workload=name, dtype=dtype, ctype=_ctype(dtype), table=table, version=__version__)
 
 
-def render_gemm(params: KernelParams, *, harness: bool = False) -> str:
-    """The complete translation unit for `params`; `harness` appends the timing entry point."""
+def render_gemm(params: KernelParams, *, harness: bool = False, phases: bool = False) -> str:
+    """The complete translation unit for `params`; `harness` appends the timing entry point, and
+    `phases` (with it) times each phase of the packed path, read by `autogemm_?gemm_phases`."""
     if not isinstance(params, KernelParams):
         raise TypeError("render_gemm takes a KernelParams")
+    if phases and not harness:
+        raise ValueError("phases are read through the timing harness: render with harness=True")
     return _environment().get_template("gemm.c.j2").render(**_kernel_values(params), harness=harness,
-                                                           version=__version__)
+                                                           phases=phases, version=__version__)
 
 
 def render_template(name: str, **values) -> str:

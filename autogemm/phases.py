@@ -1,0 +1,76 @@
+"""Where a GEMM's time goes: packing B, packing A and the macro-kernels, timed inside a profiling
+build of the kernel, against the macro-kernels' rate on data already in cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import api, bench
+from .kernel import PHASES
+from .params import KernelParams
+from .workload import Problem
+
+
+@dataclass
+class PhaseRow:
+    shape: tuple
+    threads: int
+    kernel: str
+    path: str  # "packed", "direct" or "dot": only the packed path has phases
+    gflops: float  # of the median call, which the rest describe
+    share: dict  # phase -> its part of the threads' time (wall seconds x threads)
+    other: float  # the rest: waiting for other threads, loops and calls outside the phases
+    macro_gflops: float | None  # flops over the threads' seconds in macro-kernels, x threads
+    pct_peak: float | None = None  # of the measured FMA peak, once given (with_peak)
+    macro_pct_peak: float | None = None
+
+
+def profile(params: KernelParams, shape, threads: int, *, reps: int = 10, force_threads: bool = False,
+            seed: int = 0) -> PhaseRow:
+    """The median of `reps` calls (after one untimed) of the profiling build of `params` on one
+    problem, each timed and read by phase on its own."""
+    kernel = api.build(params, phases=True)
+    m, n, k = shape
+    a, b, c, _ = bench.operands(Problem(m, n, k), params.dtype, np.random.default_rng(seed))
+    kernel.bench(a, b, threads=threads, warmup=1, reps=1, c=c, force_threads=force_threads)
+    kernel.phase_seconds()  # drops the warm-up's
+    calls = []
+    for _ in range(reps):
+        seconds = float(kernel.bench(a, b, threads=threads, warmup=0, reps=1, c=c, force_threads=force_threads)[0])
+        calls.append((seconds, kernel.phase_seconds()))
+    seconds, spent = sorted(calls, key=lambda call: call[0])[len(calls) // 2]
+    flops = 2.0 * m * n * k
+    share = {phase: spent[phase] / (threads * seconds) for phase in PHASES}
+    macro = flops * threads / spent["macro"] * 1e-9 if spent["macro"] > 0 else None
+    return PhaseRow(tuple(shape), threads, params.name, "packed" if force_threads else kernel.path(m, n, k),
+                    flops / seconds * 1e-9, share, max(0.0, 1.0 - sum(share.values())), macro)
+
+
+def with_peak(row: PhaseRow, peak: float) -> PhaseRow:
+    """`row` with its rates as percentages of the measured FMA peak of its thread count."""
+    return dataclasses.replace(row, pct_peak=100.0 * row.gflops / peak,
+                               macro_pct_peak=100.0 * row.macro_gflops / peak if row.macro_gflops else None)
+
+
+def in_cache(params: KernelParams, *, reps: int = 200) -> PhaseRow:
+    """One thread on one block of A (MC x KC) and two B micro-panels, packed path forced: the
+    macro-kernels' rate when their operands are in L2 and C is in L1, the ceiling of a large GEMM."""
+    row = profile(params, (params.mc, 2 * params.nr, params.kc), 1, reps=reps, force_threads=True)
+    return dataclasses.replace(row, path="in L2")
+
+
+def format_phases(rows: list[PhaseRow]) -> str:
+    header = (f"{'shape':>18} {'thr':>3} {'path':>7} {'GFLOP/s':>8} {'%peak':>6} "
+              + " ".join(f"{phase:>7}" for phase in PHASES) + f" {'other':>7} {'macro GFLOP/s':>14} {'%peak':>6}")
+    lines = [header]
+    for r in rows:
+        pct = f"{r.pct_peak:.1f}" if r.pct_peak is not None else "-"
+        macro = f"{r.macro_gflops:.1f}" if r.macro_gflops is not None else "-"
+        macro_pct = f"{r.macro_pct_peak:.1f}" if r.macro_pct_peak is not None else "-"
+        lines.append(f"{'x'.join(map(str, r.shape)):>18} {r.threads:>3} {r.path:>7} {r.gflops:>8.1f} {pct:>6} "
+                     + " ".join(f"{100 * r.share[phase]:>6.1f}%" for phase in PHASES)
+                     + f" {100 * r.other:>6.1f}% {macro:>14} {macro_pct:>6}")
+    return "\n".join(lines)
