@@ -30,11 +30,12 @@ def test_every_parallel_loop_times_each_of_its_phases(parallel):
 
 def test_a_large_gemm_spends_most_of_its_time_in_macro_kernels():
     """One thread, the default kernel, packed path: packing is O(n^2) against O(n^3) arithmetic, so
-    at 384^3 the macro-kernels take most of the time, and their rate exceeds the whole call's."""
+    at 384^3 the macro-kernels take most of the time; timed inside the same call, they run at least as
+    fast as the whole call."""
     p = analytic.default_params(HOST, "float64")
     row = phases.profile(p, (384, 384, 384), 1, reps=5, force_threads=True)
     assert row.share["macro"] > 0.5 > row.share["pack_a"] + row.share["pack_b"] > 0
-    assert row.macro_gflops > row.gflops * 0.9
+    assert row.macro_gflops >= row.gflops
     assert row.pct_peak is None
     scaled = phases.with_peak(row, 2 * row.macro_gflops)
     assert scaled.macro_pct_peak == pytest.approx(50.0) and scaled.pct_peak == pytest.approx(50.0 * row.gflops / row.macro_gflops)
