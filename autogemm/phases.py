@@ -57,7 +57,7 @@ def with_peak(row: PhaseRow, peak: float) -> PhaseRow:
 
 def in_cache(params: KernelParams, *, reps: int = 200) -> PhaseRow:
     """One thread on one block of A (MC x KC) and two B micro-panels, packed path forced: the
-    macro-kernels' rate when their operands are in L2 and C is in L1, the ceiling of a large GEMM."""
+    macro-kernels' rate with A, B and C in L2, the ceiling of a large GEMM."""
     row = profile(params, (params.mc, 2 * params.nr, params.kc), 1, reps=reps, force_threads=True)
     return dataclasses.replace(row, path="in L2")
 
