@@ -11,7 +11,7 @@ import threadpoolctl
 
 from .kernel import Kernel
 from .params import accumulator_dtype, numpy_dtype
-from .peak import measure_peak
+from .peak import PeakMeter, measure_peak
 from .workload import Problem
 
 SUITES = {
@@ -53,6 +53,7 @@ def openblas_coretype() -> str:
 #: spin for ~0.2 s after a call (and libgomp's briefly), stealing cores from whatever runs next: on
 #: 2 cores, a 2-thread 200^3 call measured 8 ms instead of 0.08 ms within 0.15 s of numpy's.
 SETTLE_AFTER = {"numpy": 0.3, "torch": 0.3, "kernel": 0.01}
+ROUND_PEAK_SECONDS = 0.03  # each of a round's three FMA-peak readings (compare's peak_meter)
 
 
 def operands(problem: Problem, dtype: str, rng) -> tuple:
@@ -135,6 +136,7 @@ class Row:
     vs_numpy: float | None
     efficiency: float | None = None  # GFLOP/s over N x its 1-thread GFLOP/s, when 1 thread was run
     vs_torch: float | None = None  # against PyTorch's bfloat16 matmul, when it ran
+    pct_round_peak: float | None = None  # of the FMA peak read in each round, beside the calls (compare)
 
 
 def _burst(call, reps: int, warm_seconds: float) -> list[float]:
@@ -150,7 +152,7 @@ def _burst(call, reps: int, warm_seconds: float) -> list[float]:
 def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
             numpy: bool = True, peak: float | None = None, seed: int = 0,
             kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02,
-            with_torch: bool = False) -> list[Row]:
+            with_torch: bool = False, peak_meter: PeakMeter | None = None) -> list[Row]:
     """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy A B
     numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
 
@@ -158,6 +160,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     on `threads` threads unless `kernel_threads` names another count. For bfloat16, "numpy" is
     float32 matmul of the same (widened) values, numpy's fastest way. PyTorch's matmul runs too
     when torch is installed, for bfloat16 always, for the other dtypes with `with_torch`.
+    With `peak_meter`, each round ends with the best of three short FMA-peak readings, and each
+    row's `pct_round_peak` is the median over rounds of its round's median over that reading.
     """
     problem = shape if isinstance(shape, Problem) else Problem(*shape)
     kernel_threads = kernel_threads or {}
@@ -170,6 +174,7 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
         timings["numpy"] = []
     if torch:
         timings["torch"] = []
+    round_peaks = []
     for _ in range(rounds):
         a, b, c, bias = operands(problem, dtype, rng)
         for name, kernel in kernels.items():
@@ -190,14 +195,19 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             seconds = _burst(lambda: time_torch(torch, problem, ta, tb, threads), reps, warm_seconds)
             timings["torch"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["torch"])
+        if peak_meter:
+            round_peaks.append(max(peak_meter.read() for _ in range(3)))
     peak = peak or measure_peak(dtype, threads)
     medians = {name: stats(values)["median"] for name, values in timings.items()}
     rows = []
     for name, values in timings.items():
         s = stats(values)
+        by_round = np.reshape(values, (rounds, reps))
         rows.append(Row(problem.shape, dtype, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
                         s["median"] / medians["numpy"] if numpy else None,
-                        vs_torch=s["median"] / medians["torch"] if torch else None))
+                        vs_torch=s["median"] / medians["torch"] if torch else None,
+                        pct_round_peak=100.0 * float(np.median(np.median(by_round, axis=1) / round_peaks))
+                        if round_peaks else None))
     return rows
 
 
@@ -311,20 +321,29 @@ def add_scaling(rows: list[Row]) -> None:
             r.efficiency = r.gflops["median"] / (r.threads * base) if base else None
 
 
-def format_table(rows: list[Row], peaks: dict) -> str:
+def format_table(rows: list[Row], peaks: dict | None) -> str:
+    """The rows under a header; with `peaks`, the peak readings and the columns' meaning below them."""
     scaling = any(r.efficiency is not None for r in rows)
     torch = any(r.vs_torch is not None for r in rows)
+    round_peak = any(r.pct_round_peak is not None for r in rows)
     lines = [f"{'shape':>18} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
-             f"{'%peak':>6} {'x numpy':>8}" + (f" {'x torch':>8}" if torch else "") + (f" {'effic.':>6}" if scaling else "")]
+             f"{'%peak':>6}" + (f" {'%round':>6}" if round_peak else "") + f" {'x numpy':>8}"
+             + (f" {'x torch':>8}" if torch else "") + (f" {'effic.':>6}" if scaling else "")]
     for r in rows:
         shape = "x".join(map(str, r.shape))
         spread = f"{r.gflops['p20']:.1f}-{r.gflops['p80']:.1f}"
         ratio = f"{r.vs_numpy:.3f}" if r.vs_numpy is not None else "-"
+        in_round = (f" {r.pct_round_peak:>6.1f}" if r.pct_round_peak is not None else f" {'-':>6}") if round_peak else ""
         vs_torch = (f" {r.vs_torch:>8.3f}" if r.vs_torch is not None else f" {'-':>8}") if torch else ""
         efficiency = (f" {r.efficiency:>6.2f}" if r.efficiency is not None else f" {'-':>6}") if scaling else ""
         lines.append(f"{shape:>18} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
-                     f"{spread:>15} {r.pct_peak:>6.1f} {ratio:>8}" + vs_torch + efficiency)
+                     f"{spread:>15} {r.pct_peak:>6.1f}{in_round} {ratio:>8}" + vs_torch + efficiency)
+    if peaks is None:
+        return "\n".join(lines)
     lines.append("measured FMA peak (GFLOP/s): " + ", ".join(f"{d} {t} thr {v:.1f}" for (d, t), v in sorted(peaks.items())))
+    if round_peak:
+        lines.append("%peak: of the highest peak reading of the run; %round: of the peak read in each round, "
+                     "beside the calls (median over rounds)")
     return "\n".join(lines)
 
 

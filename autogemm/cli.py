@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, analytic, api, bench, fastcall, machine, search, toolchain
-from .peak import measure_peak
+from .peak import PeakMeter, measure_peak
 from .params import DTYPES, KernelParams
 
 
@@ -224,6 +224,7 @@ def cmd_bench(args) -> int:
     for threads in _threads_list(args.threads):
         key, first_row = (args.dtype, threads), len(rows)
         peaks[key] = measure_peak(args.dtype, threads)
+        meter = PeakMeter(args.dtype, threads, seconds=bench.ROUND_PEAK_SECONDS)
         for shape, calls in _shapes(args):
             if calls:
                 new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds, peak=peaks[key])
@@ -238,7 +239,7 @@ def cmd_bench(args) -> int:
                         kernels = {"tuned": tuned, **kernels}
                         used[label] = tuned.params.name
                 new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key],
-                                         with_torch=args.torch)
+                                         with_torch=args.torch, peak_meter=meter)
                 if args.independent and threads > 1:
                     single = api.load(args.dtype, shape=shape, threads=1, tuned_dir=args.tuned_dir)
                     single = single if single.tuned is not None else default
@@ -247,7 +248,7 @@ def cmd_bench(args) -> int:
                                                               peak=peaks[key]))
             rows += new_rows
             if not args.json:
-                print("\n".join(bench.format_table(new_rows, {}).splitlines()[1:-1]), flush=True)
+                print("\n".join(bench.format_table(new_rows, None).splitlines()[1:]), flush=True)
             # The peak is a maximum: measured again between shapes, a disturbed first reading cannot stand.
             peaks[key] = max(peaks[key], measure_peak(args.dtype, threads))
         rows[first_row:] = [dataclasses.replace(r, pct_peak=100.0 * r.gflops["median"] / peaks[key]) for r in rows[first_row:]]

@@ -19,27 +19,40 @@ def _peak_library(isa: str, dtype: str):
     return ffi.dlopen(str(library))
 
 
+class PeakMeter:
+    """Readings of the FMA peak on `threads` threads, each about `seconds` long, calibrated once:
+    short enough to take between the calls they rate, so that a % of peak compares the kernel with
+    the core at the same clock (on a shared host the clock can drift by 10% within minutes)."""
+
+    def __init__(self, dtype: str = "float32", threads: int = 1, isa: str | None = None, seconds: float = 0.1):
+        isa = isa or machine.detect().best_isa_for(dtype)
+        self._lib = _peak_library(isa, dtype)
+        self.threads = threads
+        iters = 1 << 12
+        while (elapsed := self._seconds_for(iters)) < 0.01:
+            iters *= 4
+        self._iters = int(iters * seconds / elapsed) + 1
+
+    def _seconds_for(self, iters: int) -> float:
+        seconds = self._lib.autogemm_peak_seconds(self.threads, iters)
+        if seconds < 0:
+            raise RuntimeError(f"autogemm: the FMA peak could not start {self.threads} threads")
+        return seconds
+
+    def read(self) -> float:
+        """One reading, in GFLOP/s."""
+        flops = self._lib.autogemm_peak_flops_per_iter() * self._iters * self.threads
+        return flops / self._seconds_for(self._iters) * 1e-9
+
+
 def measure_peak(dtype: str = "float32", threads: int = 1, isa: str | None = None, repeats: int = 5) -> float:
     """Best-of-`repeats` FMA throughput in GFLOP/s on `threads` threads, on this CPU's best ISA for
     `dtype` (vdpbf16ps for bfloat16 where the CPU has it: 2 multiply-adds per float32 lane).
 
     Each repeat runs about 0.1 s; the best is the least disturbed by other work on the machine.
     """
-    isa = isa or machine.detect().best_isa_for(dtype)
-    lib = _peak_library(isa, dtype)
-
-    def seconds_for(iters: int) -> float:
-        seconds = lib.autogemm_peak_seconds(threads, iters)
-        if seconds < 0:
-            raise RuntimeError(f"autogemm: the FMA peak could not start {threads} threads")
-        return seconds
-
-    iters = 1 << 12
-    while (seconds := seconds_for(iters)) < 0.01:
-        iters *= 4
-    iters = int(iters * 0.1 / seconds) + 1
-    flops = lib.autogemm_peak_flops_per_iter() * iters * threads
-    return max(flops / seconds_for(iters) for _ in range(repeats)) * 1e-9
+    meter = PeakMeter(dtype, threads, isa)
+    return max(meter.read() for _ in range(repeats))
 
 
 _highest: dict = {}  # (dtype, threads, isa) -> the highest reading this process took

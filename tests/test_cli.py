@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from autogemm import machine
@@ -78,6 +79,35 @@ def test_bench_takes_the_highest_peak_measured_during_the_run(tmp_path, monkeypa
     assert report["peak_gflops"] == {"float32/1": 400.0}
     for row in report["rows"]:
         assert row["pct_peak"] == pytest.approx(100.0 * row["gflops"]["median"] / 400.0)
+        assert row["pct_round_peak"] > 0  # and against the peak read in its own rounds
+
+
+def test_bench_rates_each_round_against_the_peak_read_beside_it(monkeypatch):
+    """On a shared host the clock drifts: %round divides each round's median by the FMA peak read
+    at the end of that round (the best of its three readings), and takes the median over rounds."""
+    from autogemm import analytic, api, bench
+
+    class Meter:
+        readings = iter([90.0, 100.0, 80.0,  # round 1: 100
+                         300.0, 200.0, 100.0,  # round 2: 300
+                         25.0, 50.0, 40.0])  # round 3: 50
+        def read(self):
+            return next(self.readings)
+
+    flops = 2.0 * 64 * 48 * 40
+    seconds = iter([flops / (g * 1e9) for g in (10.0, 20.0, 6.0, 60.0, 2.0, 4.0)])  # kernel, numpy, ...
+    monkeypatch.setattr(bench, "_burst", lambda call, reps, warm_seconds: [next(seconds) for _ in range(reps)])
+    monkeypatch.setattr(bench, "SETTLE_AFTER", {"numpy": 0.0, "torch": 0.0, "kernel": 0.0})
+    kernel = api.load("float32", params=analytic.default_params(machine.detect(), "float32"))
+    rows = bench.compare({"default": kernel}, (64, 48, 40), 1, rounds=3, reps=1, peak=100.0, numpy=True,
+                         peak_meter=Meter())
+    default, numpy_row = rows
+    # the kernel's rounds: 10 / 100, 6 / 300, 2 / 50 GFLOP/s; numpy's: 20 / 100, 60 / 300, 4 / 50
+    assert default.pct_round_peak == pytest.approx(100 * np.median([10 / 100, 6 / 300, 2 / 50]))
+    assert numpy_row.pct_round_peak == pytest.approx(100 * np.median([20 / 100, 60 / 300, 4 / 50]))
+    assert default.pct_peak == pytest.approx(6.0)  # the median rate over the one peak it was given
+    table = bench.format_table(rows, {("float32", 1): 100.0})
+    assert "%round" in table.splitlines()[0] and "%round: of the peak read in each round" in table
 
 
 def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
