@@ -53,7 +53,9 @@ def openblas_coretype() -> str:
 #: spin for ~0.2 s after a call (and libgomp's briefly), stealing cores from whatever runs next: on
 #: 2 cores, a 2-thread 200^3 call measured 8 ms instead of 0.08 ms within 0.15 s of numpy's.
 SETTLE_AFTER = {"numpy": 0.3, "torch": 0.3, "kernel": 0.01}
-ROUND_PEAK_SECONDS = 0.03  # each of a round's three FMA-peak readings (compare's peak_meter)
+#: compare's peak_meter: the best of this many FMA-peak readings this long ends each round. Short and
+#: many: on a 2-vCPU guest, one 30 ms reading in fifteen ran both threads on one vCPU (half the peak).
+ROUND_PEAK_READINGS, ROUND_PEAK_SECONDS = 8, 0.002
 
 
 def operands(problem: Problem, dtype: str, rng) -> tuple:
@@ -160,7 +162,7 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     on `threads` threads unless `kernel_threads` names another count. For bfloat16, "numpy" is
     float32 matmul of the same (widened) values, numpy's fastest way. PyTorch's matmul runs too
     when torch is installed, for bfloat16 always, for the other dtypes with `with_torch`.
-    With `peak_meter`, each round ends with the best of three short FMA-peak readings, and each
+    With `peak_meter`, each round ends with the best of ROUND_PEAK_READINGS short FMA-peak readings, and each
     row's `pct_round_peak` is the median over rounds of its round's median over that reading.
     """
     problem = shape if isinstance(shape, Problem) else Problem(*shape)
@@ -196,7 +198,7 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             timings["torch"] += [flops / s * 1e-9 for s in seconds]
             time.sleep(SETTLE_AFTER["torch"])
         if peak_meter:
-            round_peaks.append(max(peak_meter.read() for _ in range(3)))
+            round_peaks.append(max(peak_meter.read() for _ in range(ROUND_PEAK_READINGS)))
     peak = peak or measure_peak(dtype, threads)
     medians = {name: stats(values)["median"] for name, values in timings.items()}
     rows = []
