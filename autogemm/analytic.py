@@ -75,7 +75,7 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     mr, nr = register_tile(register_budget(machine, isa), vw)
     mc, kc, nc = cache_blocks(machine, mr, nr, dtype, isa)
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
-    direct_m, direct_mflops = direct_limits(machine)
+    direct_m, direct_mflops = direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
                         parallel=parallel_loop(machine), prefetch=0, direct_m=direct_m, direct_mflops=direct_mflops)
 
@@ -92,11 +92,13 @@ def parallel_loop(machine: Machine) -> str:
     return "2d" if machine.cores > MANY_CORES else "ic"
 
 
-def direct_limits(machine: Machine) -> tuple[int, int]:
-    """Rows, and million flops, up to which GEMMs skip packing (the direct path reads B in place).
-    On few Intel cores B's rows, a page apart, outrun the prefetchers sooner: 48 rows and 16 Mflop
-    (about 200^3), where 2 Emerald Rapids cores measured the crossover (templates/partials/kernel.c.j2);
-    elsewhere 512 rows and 400 Mflop, Zen 4's crossover, which 16 Xeon cores also beat packing to."""
+def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int]:
+    """Rows, and million flops per thread, up to which `dtype` GEMMs skip packing (the direct path
+    reads B in place). On few Intel cores B's rows, a page apart, outrun the prefetchers sooner: 48 rows
+    and 16 Mflop (about 200^3), where 2 Emerald Rapids cores measured the crossover; elsewhere Zen 4's
+    crossovers: float32 128 rows and 128 Mflop (about 400^3 on one thread, 500^3 on two), float64
+    96 rows and 24 Mflop (about 230^3 on one thread, 290^3 on two).
+    Measurements: templates/partials/kernel.c.j2, at AG_DIRECT_M."""
     if machine.vendor == "genuineintel" and machine.cores <= MANY_CORES:
         return 48, 16
-    return DIRECT_LIMITS
+    return (96, 24) if dtype == "float64" else DIRECT_LIMITS

@@ -21,7 +21,7 @@ int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
     const void *a, const void *b, {t} beta, void *c, const void *bias, int nthreads, int warmup, int reps,
     void *seconds);
 int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t rsb,
-    ptrdiff_t csb, ptrdiff_t csc);
+    ptrdiff_t csb, ptrdiff_t csc, int nthreads);
 void autogemm_{p}gemm_phases(void *seconds);
 """
 #: The phases a profiling build times, in the order `autogemm_?gemm_phases` reports them.
@@ -250,14 +250,14 @@ class Kernel:
         return out
 
     def path(self, m: int, n: int, k: int, a_strides: tuple[int, int] | None = None,
-             b_strides: tuple[int, int] | None = None, c_column_stride: int = 1) -> str:
-        """How an m x n x k GEMM with these element strides (row-major by default) is computed, unless
-        its thread count is forced: "packed"; "direct", without packing, where packing cannot pay for
-        itself; or "dot", dot products along k, for a matrix times a column or a few rows times a
-        transposed matrix."""
+             b_strides: tuple[int, int] | None = None, c_column_stride: int = 1, threads: int = 1) -> str:
+        """How an m x n x k GEMM with these element strides (row-major by default) is computed on
+        `threads` threads, unless its thread count is forced: "packed"; "direct", without packing,
+        where packing cannot pay for itself; or "dot", dot products along k, for a matrix times a
+        column or a few rows times a transposed matrix."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
-        return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride)]
+        return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride, threads)]
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds spent packing B, packing A and in macro-kernels since the last reading, summed over

@@ -14,9 +14,12 @@ ISAS = ("avx512bf16", "avx512", "avx2", "portable")
 PAIRED_ISAS = ("avx512bf16",)
 PARALLEL_LOOPS = ("ic", "jr", "2d", "jp")
 KU_CHOICES = (1, 2, 4, 8)
-#: Rows and million flops up to which the direct path skips packing, unless a kernel says otherwise
-#: (measured on Zen 4; see analytic.direct_limits).
-DIRECT_LIMITS = (512, 400)
+#: Rows, and million flops per thread, up to which the direct path skips packing, unless a kernel says
+#: otherwise: Zen 4's float32 crossover (see analytic.direct_limits).
+DIRECT_LIMITS = (128, 128)
+#: The limits of kernels recorded before they were parameters (then 512 rows and 400 Mflop in all): a
+#: tuned entry without them keeps the path it was measured on.
+RECORDED_DIRECT_LIMITS = (512, 400)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the
 #: compiler lowers it to; 32 matches AArch64 NEON/SVE and AVX-512, the widest common case.
@@ -103,7 +106,7 @@ class KernelParams:
     #: Prefetch every cache line of the C tile as the micro-kernel starts, not only each row's first.
     prefetch_c: bool = False
     #: The direct path (no packing) takes GEMMs of at most `direct_m` rows, or of at most
-    #: `direct_mflops` million flops with a small B (see the template's AG_DIRECT_*).
+    #: `direct_mflops` million flops per thread with a small B (see the template's AG_DIRECT_*).
     direct_m: int = DIRECT_LIMITS[0]
     direct_mflops: int = DIRECT_LIMITS[1]
 
@@ -164,12 +167,14 @@ class KernelParams:
 
     @classmethod
     def from_dict(cls, data: dict) -> "KernelParams":
-        """Builds from a mapping, rejecting unknown keys (a tuned file is untrusted input)."""
+        """Builds from a mapping, rejecting unknown keys (a tuned file is untrusted input); a mapping
+        without the direct limits gets those of its time, RECORDED_DIRECT_LIMITS."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise InvalidParams(f"unknown parameter(s): {sorted(unknown)}")
-        return cls(**data)
+        recorded = dict(zip(("direct_m", "direct_mflops"), RECORDED_DIRECT_LIMITS))
+        return cls(**{**recorded, **data})
 
     def replace(self, **changes) -> "KernelParams":
         return dataclasses.replace(self, **changes)

@@ -45,7 +45,7 @@ def profile(params: KernelParams, shape, threads: int, *, reps: int = 10, force_
     flops = 2.0 * m * n * k
     share = {phase: spent[phase] / (threads * seconds) for phase in PHASES}
     macro = flops * threads / spent["macro"] * 1e-9 if spent["macro"] > 0 else None
-    return PhaseRow(tuple(shape), threads, params.name, "packed" if force_threads else kernel.path(m, n, k),
+    return PhaseRow(tuple(shape), threads, params.name, "packed" if force_threads else kernel.path(m, n, k, threads=threads),
                     flops / seconds * 1e-9, share, max(0.0, 1.0 - sum(share.values())), macro)
 
 

@@ -58,7 +58,7 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict) -> KernelPa
     mr, nr = choices["mr"], choices["nv"] * vw
     if mr * choices["nv"] + choices["nv"] + 1 > analytic.register_budget(machine, isa):
         raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
-    direct_m, direct_mflops = analytic.direct_limits(machine)
+    direct_m, direct_mflops = analytic.direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
                         parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"],

@@ -152,12 +152,13 @@ def elements(x):
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dtype):
-    kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=512, direct_mflops=400))
+    kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=128, direct_mflops=128))
     assert kernel.path(1, 2, 1) == "direct"
     assert kernel.path(100, 100, 100) == "direct"
-    assert kernel.path(512, 512, 512) == "direct"  # B stays in cache and the flops are few
-    assert kernel.path(768, 768, 768) == "packed"  # more flops: packing pays for itself
-    assert kernel.path(256, 768, 50304) == "direct"  # few rows: packed B would serve only 256
+    assert kernel.path(384, 384, 384) == "direct"  # B stays in cache and the flops are few
+    assert kernel.path(512, 512, 512) == "packed"  # 268 Mflop on one thread: packing pays for itself
+    assert kernel.path(128, 768, 50304) == "direct"  # few rows: packed B would serve only 128
+    assert kernel.path(129, 768, 50304) == "packed"
     assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
     assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
     assert kernel.path(2048, 2048, 2048) == "packed"
@@ -170,6 +171,20 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "packed"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
+
+
+def test_the_direct_flops_limit_is_per_thread():
+    """Each thread takes up to direct_mflops: more threads keep larger GEMMs unpacked, but only the
+    threads a GEMM gets (at least ~1 Mflop each), not those offered."""
+    kernel = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=10))
+    assert kernel.path(160, 160, 160) == "direct"  # 8.2 Mflop
+    assert kernel.path(200, 200, 200) == "packed"  # 16 Mflop
+    assert kernel.path(200, 200, 200, threads=2) == "direct"
+    assert kernel.path(280, 280, 280, threads=2) == "packed"  # 44 Mflop
+    assert kernel.path(280, 280, 280, threads=5) == "direct"
+    few = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=1))
+    assert few.path(110, 110, 110, threads=3) == "packed"  # 2.7 Mflop gets two threads, not three
+    assert few.path(110, 110, 110, threads=64) == "packed"
 
 
 def test_the_direct_limits_are_the_kernels_own():

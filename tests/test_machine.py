@@ -63,13 +63,17 @@ def test_default_parallel_loop_follows_the_core_count(host, cores, loop):
     assert analytic.default_params(dataclasses.replace(host, cores=cores), "float32").parallel == loop
 
 
-@pytest.mark.parametrize("vendor, cores, limits", [("genuineintel", 2, (48, 16)), ("genuineintel", 16, (512, 400)),
-                                                   ("authenticamd", 2, (512, 400)), ("apple", 8, (512, 400))])
-def test_direct_path_limits_follow_the_vendor_and_core_count(host, vendor, cores, limits):
-    """Few Intel cores pack from 48 rows or 16 Mflop; Zen 4's crossover (and 16 Xeon cores') is later."""
-    p = analytic.default_params(dataclasses.replace(host, vendor=vendor, cores=cores), "float32")
+@pytest.mark.parametrize("vendor, cores, dtype, limits", [
+    ("genuineintel", 2, "float32", (48, 16)), ("genuineintel", 2, "float64", (48, 16)),
+    ("genuineintel", 16, "float32", (128, 128)), ("authenticamd", 2, "float32", (128, 128)),
+    ("authenticamd", 2, "float64", (96, 24)), ("apple", 8, "float32", (128, 128))])
+def test_direct_path_limits_follow_the_vendor_core_count_and_dtype(host, vendor, cores, dtype, limits):
+    """Few Intel cores pack from 48 rows or 16 Mflop; Zen 4's crossover (and 16 Xeon cores') is later,
+    and earlier for float64 than for float32."""
+    p = analytic.default_params(dataclasses.replace(host, vendor=vendor, cores=cores), dtype)
     assert (p.direct_m, p.direct_mflops) == limits
-    assert p.name.endswith("_d48m16") == (limits == (48, 16))  # the usual limits keep the usual names
+    assert p.name.endswith("_d48m16") == (limits == (48, 16))
+    assert ("_d" in p.name) == (limits != (128, 128))  # the usual float32 limits keep the usual names
 
 
 def test_register_tile_for_avx512_float32():
