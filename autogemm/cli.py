@@ -191,11 +191,12 @@ def cmd_bench_phases(args) -> int:
 
     for threads in _threads_list(args.threads):
         peak, new_rows = measure_peak(args.dtype, threads), []
+        meter = PeakMeter(args.dtype, threads, seconds=bench.ROUND_PEAK_SECONDS)
         if threads == 1:
-            add(phases.in_cache(default), new_rows)
+            add(phases.in_cache(default, peak_meter=meter), new_rows)
         for shape, _ in _shapes(args):
             params = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir).params
-            add(phases.profile(params, shape, threads), new_rows)
+            add(phases.profile(params, shape, threads, peak_meter=meter), new_rows)
             # measured again after each shape, as in a comparison run: a disturbed reading cannot stand
             peak = max(peak, measure_peak(args.dtype, threads))
         peaks[threads] = peak
@@ -210,6 +211,8 @@ def cmd_bench_phases(args) -> int:
     print(phases.format_phases(rows))
     print("shares of the threads' time (wall x threads); other: waiting at barriers, loops outside the phases;\n"
           "in L2: one thread on one MC x KC block of A and two B micro-panels, the macro-kernels' ceiling\n"
+          "%peak: of the highest peak reading of the run; %round: of the peak read right after each call "
+          "(median over the calls)\n"
           "measured FMA peak (GFLOP/s): " + ", ".join(f"{args.dtype} {t} thr {v:.1f}" for t, v in peaks.items()))
     return 0
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from autogemm import analytic, api, machine, params, phases, render
+from autogemm import analytic, api, bench, machine, params, phases, render
 from autogemm.check import error_ratio
 from autogemm.cli import main
 
@@ -39,6 +39,45 @@ def test_a_large_gemm_spends_most_of_its_time_in_macro_kernels():
     assert row.pct_peak is None
     scaled = phases.with_peak(row, 2 * row.macro_gflops)
     assert scaled.macro_pct_peak == pytest.approx(50.0) and scaled.pct_peak == pytest.approx(50.0 * row.gflops / row.macro_gflops)
+
+
+def test_profile_rates_its_calls_against_the_peak_read_after_them(monkeypatch):
+    """%round: the median call's rate, whole and in its macro-kernels, over the best of the peak
+    readings taken right after the calls (none between them: they would leave the caches cold)."""
+    flops = 2.0 * 60 * 50 * 40
+    rates = [1.0, 10.0, 30.0, 20.0]  # GFLOP/s: the untimed call, then three timed ones
+    macro = [0.0, 0.5, 0.25, 0.4]  # of each call's seconds, in macro-kernels
+    events = []
+
+    class Kernel:
+        calls = 0
+
+        def bench(self, a, b, **kwargs):
+            self.calls += 1
+            events.append("call")
+            return [flops / (rates[self.calls - 1] * 1e9)]
+
+        def phase_seconds(self):
+            seconds = flops / (rates[self.calls - 1] * 1e9)
+            return {"pack_b": 0.0, "pack_a": 0.0, "macro": macro[self.calls - 1] * seconds}
+
+        def path(self, *args, **kwargs):
+            return "packed"
+
+    class Meter:
+        readings = [40.0] * (bench.ROUND_PEAK_READINGS - 2) + [80.0, 60.0]
+
+        def read(self):
+            events.append("peak")
+            return self.readings.pop()
+
+    monkeypatch.setattr(phases.api, "build", lambda params, phases: Kernel())
+    row = phases.profile(analytic.default_params(HOST, "float32"), (60, 50, 40), 1, reps=3, peak_meter=Meter())
+    assert events == ["call"] * 4 + ["peak"] * bench.ROUND_PEAK_READINGS
+    assert row.gflops == pytest.approx(20.0) and row.share["macro"] == pytest.approx(0.4)  # the median call
+    assert row.pct_round_peak == pytest.approx(100 * 20 / 80)
+    assert row.macro_pct_round_peak == pytest.approx(100 * 50 / 80)
+    assert "%round" in phases.format_phases([row]).splitlines()[0]
 
 
 def test_paths_without_packing_have_no_phases():
@@ -84,6 +123,8 @@ def test_bench_phases_reports_each_shape_after_the_in_cache_ceiling(tmp_path, mo
     assert ceiling["path"] == "in L2" and ceiling["threads"] == 1 and ceiling["share"]["macro"] > 0
     assert row["shape"] == [600, 600, 600] and row["path"] == "packed"
     assert row["pct_peak"] == pytest.approx(row["gflops"])  # against the higher reading, 100
+    # and against the peak read after each call, a real reading: the macro-kernels in L2 near it
+    assert 50 < ceiling["macro_pct_round_peak"] < 130 and 0 < row["pct_round_peak"] < 130
 
 
 def test_bench_phases_refuses_python_call_timing(capsys):
