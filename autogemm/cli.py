@@ -211,8 +211,8 @@ def cmd_bench_phases(args) -> int:
     print(phases.format_phases(rows))
     print("shares of the threads' time (wall x threads); other: waiting at barriers, loops outside the phases;\n"
           "in L2: one thread on one MC x KC block of A and two B micro-panels, the macro-kernels' ceiling\n"
-          "%peak: of the highest peak reading of the run; %round: of the peak read right after each call "
-          "(median over the calls)\n"
+          "%peak: of the highest peak reading of the run; %round: of the best of 8 short peak readings taken "
+          "right after the shape's calls\n"
           "measured FMA peak (GFLOP/s): " + ", ".join(f"{args.dtype} {t} thr {v:.1f}" for t, v in peaks.items()))
     return 0
 

@@ -27,7 +27,7 @@ class PhaseRow:
     macro_gflops: float | None  # flops over the threads' seconds in macro-kernels, x threads
     pct_peak: float | None = None  # of the measured FMA peak, once given (with_peak)
     macro_pct_peak: float | None = None
-    pct_round_peak: float | None = None  # of the peak read right after each call (profile's peak_meter)
+    pct_round_peak: float | None = None  # of the peak read right after the calls (profile's peak_meter)
     macro_pct_round_peak: float | None = None
 
 
