@@ -195,7 +195,8 @@ def cmd_bench_phases(args) -> int:
         if threads == 1:
             add(phases.in_cache(default, peak_meter=meter), new_rows)
         for shape, _ in _shapes(args):
-            params = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir).params
+            params = api.load(args.dtype, shape=shape, threads=threads, layout="nn", beta=0.0,
+                              tuned_dir=args.tuned_dir).params
             add(phases.profile(params, shape, threads, peak_meter=meter), new_rows)
             # measured again after each shape, as in a comparison run: a disturbed reading cannot stand
             peak = max(peak, measure_peak(args.dtype, threads))
@@ -233,7 +234,8 @@ def cmd_bench(args) -> int:
                 new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds, peak=peaks[key])
             else:
                 kernels = {"default": default}
-                tuned = api.load(args.dtype, shape=shape, threads=threads, tuned_dir=args.tuned_dir)
+                tuned = api.load(args.dtype, shape=shape, threads=threads, layout="nn", beta=0.0,
+                                 tuned_dir=args.tuned_dir)
                 if tuned.tuned is not None:
                     label = f"tuned {'x'.join(map(str, shape))} t{threads}"
                     if tuned.params == default.params:  # timed once: two rows would only show the noise
@@ -244,7 +246,8 @@ def cmd_bench(args) -> int:
                 new_rows = bench.compare(kernels, shape, threads, rounds=args.rounds, peak=peaks[key],
                                          with_torch=args.torch, peak_meter=meter)
                 if args.independent and threads > 1:
-                    single = api.load(args.dtype, shape=shape, threads=1, tuned_dir=args.tuned_dir)
+                    single = api.load(args.dtype, shape=shape, threads=1, layout="nn", beta=0.0,
+                                      tuned_dir=args.tuned_dir)
                     single = single if single.tuned is not None else default
                     used[f"independent {'x'.join(map(str, shape))}"] = single.params.name
                     new_rows.append(bench.compare_independent(single, shape, threads, rounds=args.rounds,

@@ -115,6 +115,26 @@ def test_bench_rates_each_round_against_the_peak_read_beside_it(monkeypatch):
     assert "%round" in table.splitlines()[0] and "%round: of the peak read in each round" in table
 
 
+def test_bench_times_the_tuned_entry_of_what_it_times(tmp_path):
+    """The suite times row-major A and B with beta = 0: its tuned row is the entry `matmul` would take
+    for those, not an entry of the same shape tuned for a transposed B (x @ W.T) or for beta = 1."""
+    from autogemm import analytic, store
+
+    host = machine.detect()
+    default = analytic.default_params(host, "float32")
+    kernels = {"nt": default.replace(kc=default.kc // 2), "nn-beta1": default.replace(ku=2),
+               "nn": default.replace(kc=default.kc // 4)}
+    for (name, params), (shape, layout, beta) in zip(kernels.items(), [((64, 96, 80), "nt", 0.0),
+                                                                       ((64, 96, 80), "nn", 1.0),
+                                                                       ((64, 96, 96), "nn", 0.0)]):
+        store.save(host.describe(), {"dtype": "float32", "shape": list(shape), "threads": 1, "layout": layout,
+                                     "beta": beta, "params": params.to_dict()}, tmp_path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--shape", "64x96x80", "--threads", "1", "--rounds", "1", "--tuned-dir", str(tmp_path),
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["kernels"]["tuned 64x96x80 t1"] == kernels["nn"].name
+
+
 def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
     """`--torch` adds PyTorch's float32 matmul to the interleaved run (here a stand-in with numpy's
     matmul, so the test needs no PyTorch): a torch row, and every row's ratio against it."""
