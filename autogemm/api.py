@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import analytic, machine, render, store, toolchain
-from .kernel import Kernel, computed_dtype
+from .kernel import Kernel, computed_dtype, environment_threads
 from .params import BLAS_LETTER, DTYPES, KernelParams, numpy_dtype
 
 
@@ -107,7 +107,8 @@ def load(dtype="float32", *, params: KernelParams | None = None, shape=None, thr
          layout: str | None = None, beta: float | None = None, tuned_dir=None) -> Kernel:
     """The kernel to use for `dtype` on this machine.
 
-    `params` if given; else this machine's tuned entry nearest to `shape` (M, N, K), `threads`,
+    `params` if given; else this machine's tuned entry nearest to `shape` (M, N, K), `threads`
+    (default: $AUTOGEMM_NUM_THREADS or every core we may use, as a call without `threads` runs on),
     `layout` ("nn", "nt", "tn", "tt") and `beta`; else the analytic default. Tuned files of other
     machines are never used.
 
@@ -123,6 +124,8 @@ def load(dtype="float32", *, params: KernelParams | None = None, shape=None, thr
         return build(params)
     key = str(tuned_dir) if tuned_dir else None
     shape = tuple(shape) if shape is not None else None
+    if threads is None:
+        threads = environment_threads() or machine.available_cores()
     return _load_tuned(dtype, shape, threads, layout, beta, key, _tuned_signature(key))
 
 

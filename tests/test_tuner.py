@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from autogemm import analytic, api, machine, render, search, store
+from autogemm import kernel as kernel_module
 from autogemm.evaluate import CORRECTNESS, CRASH, OK, TIMEOUT, Request, Result, Worker
 from autogemm.params import KernelParams
 
@@ -208,6 +209,24 @@ def test_tuned_file_round_trip_and_nearest_shape(tmp_path):
     assert store.nearest(entries, "float64", (300, 200, 256), 2) is None
     kernel = api.load("float32", shape=(200, 200, 200), tuned_dir=tmp_path)
     assert kernel.params == small and kernel.tuned["shape"] == [256, 256, 256] and kernel.default_threads == 1
+
+
+def test_a_call_without_threads_gets_the_entry_tuned_for_the_threads_it_runs_on(tmp_path, monkeypatch):
+    base = analytic.default_params(HOST, "float32")
+    one, four = base.replace(ku=1), base.replace(ku=2)
+    store.save(HOST.describe(), _record(one, threads=1), tmp_path)
+    store.save(HOST.describe(), _record(four, threads=4), tmp_path)
+    monkeypatch.setattr(machine, "available_cores", lambda: 4)
+    monkeypatch.delenv("AUTOGEMM_NUM_THREADS", raising=False)
+    kernel_module.environment_threads.cache_clear()
+    try:
+        assert api.load("float32", shape=(256, 256, 256), tuned_dir=tmp_path).params == four
+        assert api.load("float32", shape=(256, 256, 256), threads=1, tuned_dir=tmp_path).params == one
+        monkeypatch.setenv("AUTOGEMM_NUM_THREADS", "1")
+        kernel_module.environment_threads.cache_clear()
+        assert api.load("float32", shape=(256, 256, 256), tuned_dir=tmp_path).params == one
+    finally:
+        kernel_module.environment_threads.cache_clear()
 
 
 def test_tuned_file_gets_the_umask_mode_and_keeps_its_own(tmp_path):
