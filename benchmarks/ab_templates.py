@@ -2,7 +2,8 @@
 
 On a noisy VM, kernels timed in separate processes drift with the host between runs. Here both
 builds live in one process and their calls alternate (A B B A A B ...), each call timed inside C,
-so drift hits both alike; the figure that counts is the median of the per-pair ratios.
+so drift hits both alike; the figure that counts is the median of the per-pair ratios. `--pause MS`
+sleeps before each call, as a program does between its GEMMs, so that idle helper threads fall asleep.
 
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/ab_templates.py /tmp/before --dtype float32 --shape 2048 --threads 1
@@ -14,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -37,8 +39,10 @@ def build_from(checkout: str, params: KernelParams) -> Kernel:
     return Kernel(params, machine.detect(), toolchain.build_shared(source, params.name), source)
 
 
-def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, seed: int = 0) -> dict:
-    """GFLOP/s of each call of both kernels, in pairs whose order flips each time."""
+def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, seed: int = 0,
+              pause: float = 0.0) -> dict:
+    """GFLOP/s of each call of both kernels, in pairs whose order flips each time, `pause` seconds
+    after the call before."""
     m, n, k = shape
     a, b, c, _ = bench.operands(Problem(m, n, k), before.params.dtype, np.random.default_rng(seed))
     kernels = {"before": before, "after": after}
@@ -47,6 +51,8 @@ def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, se
     gflops = {name: [] for name in kernels}
     for i in range(pairs):
         for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            if pause:
+                time.sleep(pause)
             seconds = kernels[name].bench(a, b, threads=threads, warmup=0, reps=1, c=c)[0]
             gflops[name].append(2.0 * m * n * k / seconds * 1e-9)
     ratios = np.array(gflops["after"]) / np.array(gflops["before"])
@@ -70,6 +76,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="2048", help="MxNxK, or N for a cube")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=40)
+    parser.add_argument("--pause", type=float, default=0.0, metavar="MS", help="milliseconds between calls")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a kernel parameter other than the analytic default's, as JSON or a bare word "
                              "(kc=768, prefetch_c=true, parallel=2d; repeatable)")
@@ -77,9 +84,10 @@ def main(argv=None) -> int:
     params = analytic.default_params(machine.detect(), args.dtype)
     params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
     result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
-                       args.threads, args.pairs)
+                       args.threads, args.pairs, pause=args.pause * 1e-3)
     r = result["ratio"]
-    print(f"{result['kernel']} {args.shape} t{args.threads}: before {result['before']:.1f}, after "
+    pause = f" {args.pause:g} ms apart" if args.pause else ""
+    print(f"{result['kernel']} {args.shape} t{args.threads}{pause}: before {result['before']:.1f}, after "
           f"{result['after']:.1f} GFLOP/s; after/before per pair: median {r['median']:.4f} "
           f"(p20 {r['p20']:.4f}, p80 {r['p80']:.4f}) over {args.pairs} pairs")
     return 0

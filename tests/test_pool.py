@@ -115,6 +115,36 @@ def test_helpers_a_job_leaves_out_sleep():
     assert idle < 5e6 < busy, f"ns on a CPU over 0.5 s: left-out helper {idle}, working helper {busy}"
 
 
+@LINUX_ONLY
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                    reason="needs two CPUs to keep a helper off one")
+def test_a_helper_woken_off_its_callers_cpu_gets_every_cpu_back():
+    """A sleeping helper is woken with the caller's CPU taken out of its affinity (so that it does not
+    queue behind the caller); once awake it must take every CPU back, or it would stay off that CPU
+    for good. Each call comes after the helper has fallen asleep; the answers stay right."""
+    out = run_python("""
+        import os, time, numpy as np
+        from autogemm import analytic, api, machine
+        from autogemm.check import error_ratio
+        kernel = api.build(analytic.default_params(machine.detect(), "float32"))
+        rng = np.random.default_rng(0)
+        a, b = rng.uniform(-1, 1, (300, 200)).astype(np.float32), rng.uniform(-1, 1, (200, 250)).astype(np.float32)
+        allowed = os.sched_getaffinity(0)
+        right = True
+        for i in range(20):
+            time.sleep(0.03)  # longer than a helper waits awake for the next job
+            c = np.empty((300, 250), np.float32)
+            kernel.gemm(a, b, c, threads=2, force_threads=i % 2 == 1)
+            right &= bool(error_ratio(c, a, b) <= 1)
+        time.sleep(0.03)
+        tasks = [int(t) for t in os.listdir("/proc/self/task")]
+        print(right, len(tasks), sum(os.sched_getaffinity(t) == allowed for t in tasks))
+    """)
+    right, tasks, on_every_cpu = out.split()
+    assert right == "True"
+    assert int(tasks) >= 2 and on_every_cpu == tasks, out
+
+
 def test_concurrent_callers_get_their_own_answers(rng):
     """Callers on several Python threads (the GIL is released in C): one runs its job on the helpers,
     the others, finding them busy, alone; every answer is its own. Half the callers run the packed
