@@ -125,6 +125,11 @@ def make_sampler(name: str, machine: Machine, dtype: str, threads: int,
     raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
 
 
+def kernel_key(params: KernelParams, threads: int) -> str:
+    """What a trial measured: one kernel on one thread count (its `kernel` user attribute)."""
+    return f"{params.name}:t{threads}"
+
+
 @dataclass
 class Outcome:
     """What a finished search found, from the study's completed trials."""
@@ -135,7 +140,7 @@ class Outcome:
     trials: int
     statuses: dict
     seconds: float
-    seconds_to_within_3pct: float | None
+    seconds_to_within_3pct: float | None  # of the best single trial, itself a noisy measurement
 
 
 def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *, storage: str | None = None,
@@ -171,7 +176,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
         except InvalidParams as exc:
             trial.set_user_attr("status", "constraint")
             raise optuna.TrialPruned(str(exc)) from None
-        key = f"{params.name}:t{choices['threads']}"
+        key = kernel_key(params, choices["threads"])
         trial.set_user_attr("kernel", key)
         if key in seen:  # the sampler proposed a kernel already measured in this study
             trial.set_user_attr("status", "repeat")
@@ -231,6 +236,16 @@ def summarize(study: optuna.Study, machine: Machine, dtype: str) -> Outcome:
         seconds=(end - start).total_seconds(),
         seconds_to_within_3pct=(within - start).total_seconds() if within else None,
     )
+
+
+def seconds_to_find(study: optuna.Study, kernels) -> float | None:
+    """Seconds from the study's first trial to the first measured trial of any of `kernels` (keys)."""
+    finished = [t for t in study.trials if t.state.is_finished()]
+    found = [t.datetime_complete for t in finished
+             if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("kernel") in kernels]
+    if not found:
+        return None
+    return (min(found) - min(t.datetime_start for t in finished)).total_seconds()
 
 
 def top_candidates(study: optuna.Study, machine: Machine, dtype: str, k: int = 3) -> list[tuple[KernelParams, int, float]]:

@@ -307,6 +307,8 @@ def test_end_to_end_tune_on_a_tiny_budget(tmp_path, monkeypatch):
     assert len(entries) == 1 and entries[0].shape == (96, 80, 64)
     record = entries[0].record
     assert record["gflops"]["median"] > 0 and record["numpy_gflops"] > 0 and record["tuning"]["trials"] >= 3
+    # The winner is near its own best: the default (0 s) or a trial of the study, so never unknown.
+    assert record["tuning"]["seconds_to_within_3pct"] >= 0 and "search_seconds_to_within_3pct" in record["tuning"]
     assert main(args) == 0  # resume: the study already holds its trials, nothing is lost
     study = optuna.load_study(study_name=search.study_name(HOST, "float32", (96, 80, 64), 1),
                               storage=search.default_storage())
@@ -338,6 +340,24 @@ def test_a_finalist_must_beat_the_default_by_the_margin():
     clear = [row("#1", 100.0 * (1 + 2 * WIN_MARGIN)), row("#2", 100.0)]
     assert pick_winner(clear, "#2").impl == "#1"          # a clear win replaces it
     assert pick_winner(close, None).impl == "#1"          # no default among them: the fastest
+
+
+def test_time_to_within_3pct_is_when_the_search_first_measured_a_near_best_kernel():
+    """The default, measured first, is within 3% of the winner in the interleaved run: the search had it
+    after its first trial, however high a later single trial read."""
+    import datetime
+
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    study = optuna.create_study(direction="maximize")
+    for seconds, kernel, gflops in [(2, "default:t1", 100.0), (30, "other:t1", 90.0), (70, "lucky:t1", 109.0)]:
+        trial = optuna.trial.create_trial(params={"x": 1}, distributions={"x": optuna.distributions.IntDistribution(0, 9)},
+                                          value=gflops, user_attrs={"kernel": kernel, "status": OK})
+        trial.datetime_start = start + datetime.timedelta(seconds=seconds - 2)
+        trial.datetime_complete = start + datetime.timedelta(seconds=seconds)
+        study.add_trial(trial)
+    assert search.seconds_to_find(study, {"default:t1", "lucky:t1"}) == 2.0
+    assert search.seconds_to_find(study, {"lucky:t1"}) == 70.0
+    assert search.seconds_to_find(study, {"never:t1"}) is None
 
 
 def test_big_gemms_are_timed_capped_but_with_two_blocks_of_every_size_searched():
