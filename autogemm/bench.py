@@ -56,6 +56,10 @@ SETTLE_AFTER = {"numpy": 0.3, "torch": 0.3, "kernel": 0.01}
 #: compare's peak_meter: the best of this many FMA-peak readings this long ends each round. Short and
 #: many: on a 2-vCPU guest, one 30 ms reading in fifteen ran both threads on one vCPU (half the peak).
 ROUND_PEAK_READINGS, ROUND_PEAK_SECONDS = 8, 0.002
+#: compare's shortest turn: small GEMMs are called until this much time has passed, so that one
+#: hiccup of the host (a vCPU lent elsewhere for a millisecond) spoils a few of many samples rather
+#: than a whole turn of three (256^3 on two threads takes 0.16 ms a call).
+BURST_SECONDS = 0.02
 
 
 def operands(problem: Problem, dtype: str, rng) -> tuple:
@@ -141,22 +145,27 @@ class Row:
     pct_round_peak: float | None = None  # of the FMA peak read in each round, beside the calls (compare)
 
 
-def _burst(call, reps: int, warm_seconds: float) -> list[float]:
-    """Seconds of `reps` back-to-back calls, after untimed calls for `warm_seconds` wake every
-    core (an idle virtual CPU can take milliseconds to be scheduled again)."""
+def _burst(call, reps: int, warm_seconds: float, burst_seconds: float) -> list[float]:
+    """Seconds of back-to-back calls, at least `reps` of them and for at least `burst_seconds`,
+    after untimed calls for `warm_seconds` wake every core (an idle virtual CPU can take
+    milliseconds to be scheduled again)."""
     start = time.perf_counter()
     call()
     while time.perf_counter() - start < warm_seconds:
         call()
-    return [call() for _ in range(reps)]
+    seconds, start = [], time.perf_counter()
+    while len(seconds) < reps or time.perf_counter() - start < burst_seconds:
+        seconds.append(call())
+    return seconds
 
 
 def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
             numpy: bool = True, peak: float | None = None, seed: int = 0,
             kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02,
-            with_torch: bool = False, peak_meter: PeakMeter | None = None) -> list[Row]:
+            burst_seconds: float = BURST_SECONDS, with_torch: bool = False, peak_meter: PeakMeter | None = None) -> list[Row]:
     """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy A B
-    numpy ...), on fresh random inputs each round; each turn is a short burst of `reps` calls.
+    numpy ...), on fresh random inputs each round; each turn is a burst of back-to-back calls, at
+    least `reps` and at least `burst_seconds` long.
 
     `shape` is (M, N, K) or a workload Problem (transposes, beta, bias). Every implementation runs
     on `threads` threads unless `kernel_threads` names another count. For bfloat16, "numpy" is
@@ -171,11 +180,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     torch = torch_module() if numpy and (with_torch or dtype == "bfloat16") else None
     flops = 2.0 * problem.m * problem.n * problem.k
     rng = np.random.default_rng(seed)
-    timings: dict[str, list[float]] = {name: [] for name in kernels}
-    if numpy:
-        timings["numpy"] = []
-    if torch:
-        timings["torch"] = []
+    names = [*kernels, *(["numpy"] if numpy else []), *(["torch"] if torch else [])]
+    turns: dict[str, list[list[float]]] = {name: [] for name in names}  # GFLOP/s of each call, by round
     round_peaks = []
     for _ in range(rounds):
         a, b, c, bias = operands(problem, dtype, rng)
@@ -183,33 +189,31 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
             nthreads = kernel_threads.get(name, threads)
             seconds = _burst(lambda: float(kernel.bench(a, b, threads=nthreads, warmup=0, reps=1, trans_a=problem.trans_a,
                                                         trans_b=problem.trans_b, beta=problem.beta, c=c, bias=bias)[0]),
-                             reps, warm_seconds)
-            timings[name] += [flops / s * 1e-9 for s in seconds]
+                             reps, warm_seconds, burst_seconds)
+            turns[name].append([flops / s * 1e-9 for s in seconds])
             time.sleep(SETTLE_AFTER["kernel"])
         if numpy:
             a32, b32 = a.astype(c.dtype, copy=False), b.astype(c.dtype, copy=False)  # widens bfloat16 only
             with threadpoolctl.threadpool_limits(threads, user_api="blas"):
-                seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias), reps, warm_seconds)
-            timings["numpy"] += [flops / s * 1e-9 for s in seconds]
+                seconds = _burst(lambda: time_numpy(problem, a32, b32, c, bias), reps, warm_seconds, burst_seconds)
+            turns["numpy"].append([flops / s * 1e-9 for s in seconds])
             time.sleep(SETTLE_AFTER["numpy"])
         if torch:
             ta, tb = (torch_tensor(torch, x) for x in (a, b))
-            seconds = _burst(lambda: time_torch(torch, problem, ta, tb, threads), reps, warm_seconds)
-            timings["torch"] += [flops / s * 1e-9 for s in seconds]
+            seconds = _burst(lambda: time_torch(torch, problem, ta, tb, threads), reps, warm_seconds, burst_seconds)
+            turns["torch"].append([flops / s * 1e-9 for s in seconds])
             time.sleep(SETTLE_AFTER["torch"])
         if peak_meter:
             round_peaks.append(max(peak_meter.read() for _ in range(ROUND_PEAK_READINGS)))
     peak = peak or measure_peak(dtype, threads)
-    medians = {name: stats(values)["median"] for name, values in timings.items()}
+    summary = {name: stats([g for turn in by_round for g in turn]) for name, by_round in turns.items()}
     rows = []
-    for name, values in timings.items():
-        s = stats(values)
-        by_round = np.reshape(values, (rounds, reps))
+    for name, s in summary.items():
+        round_medians = np.array([np.median(turn) for turn in turns[name]])
         rows.append(Row(problem.shape, dtype, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
-                        s["median"] / medians["numpy"] if numpy else None,
-                        vs_torch=s["median"] / medians["torch"] if torch else None,
-                        pct_round_peak=100.0 * float(np.median(np.median(by_round, axis=1) / round_peaks))
-                        if round_peaks else None))
+                        s["median"] / summary["numpy"]["median"] if numpy else None,
+                        vs_torch=s["median"] / summary["torch"]["median"] if torch else None,
+                        pct_round_peak=100.0 * float(np.median(round_medians / round_peaks)) if round_peaks else None))
     return rows
 
 

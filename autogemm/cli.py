@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_.add_argument("--calls", action="store_true",
                         help="time --shape as whole Python calls of autogemm.matmul and numpy.matmul, overhead included")
     bench_.add_argument("--threads", default=str(machine.available_cores()), help="comma-separated list")
-    bench_.add_argument("--rounds", type=int, default=5, help="interleaved rounds (3 timed calls each)")
+    bench_.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each a burst of at least 3 timed calls and 20 ms)")
     bench_.add_argument("--workload", help="time every GEMM of a step: gpt2-124m, or a JSON file")
     bench_.add_argument("--tokens", type=int, default=256, help="tokens per step (B*T) of a built-in workload")
     bench_.add_argument("--no-baseline", action="store_true", help="skip the llm.c-style loops (slow)")

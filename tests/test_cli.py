@@ -101,7 +101,7 @@ def test_bench_rates_each_round_against_the_peak_read_beside_it(monkeypatch):
 
     flops = 2.0 * 64 * 48 * 40
     seconds = iter([flops / (g * 1e9) for g in (10.0, 20.0, 6.0, 60.0, 2.0, 4.0)])  # kernel, numpy, ...
-    monkeypatch.setattr(bench, "_burst", lambda call, reps, warm_seconds: [next(seconds) for _ in range(reps)])
+    monkeypatch.setattr(bench, "_burst", lambda call, reps, warm_seconds, burst_seconds: [next(seconds) for _ in range(reps)])
     monkeypatch.setattr(bench, "SETTLE_AFTER", {"numpy": 0.0, "torch": 0.0, "kernel": 0.0})
     kernel = api.load("float32", params=analytic.default_params(machine.detect(), "float32"))
     rows = bench.compare({"default": kernel}, (64, 48, 40), 1, rounds=3, reps=1, peak=100.0, numpy=True,
@@ -113,6 +113,25 @@ def test_bench_rates_each_round_against_the_peak_read_beside_it(monkeypatch):
     assert default.pct_peak == pytest.approx(6.0)  # the median rate over the one peak it was given
     table = bench.format_table(rows, {("float32", 1): 100.0})
     assert "%round" in table.splitlines()[0] and "%round: of the peak read in each round" in table
+
+
+def test_a_turn_of_a_fast_gemm_lasts_long_enough_that_one_hiccup_spoils_few_samples(monkeypatch):
+    """Each turn times at least `reps` calls and goes on for `burst_seconds`: a 1 ms call gives 20
+    samples in 20 ms, a 50 ms one its 3, each after the warm-up calls."""
+    from autogemm import bench
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+
+    def call_taking(seconds):
+        def call():
+            clock[0] += seconds
+            return seconds
+        return call
+
+    fast = bench._burst(call_taking(0.001), reps=3, warm_seconds=0.005, burst_seconds=0.02)
+    slow = bench._burst(call_taking(0.05), reps=3, warm_seconds=0.005, burst_seconds=0.02)
+    assert len(fast) == 20 and len(slow) == 3
 
 
 def test_bench_times_the_tuned_entry_of_what_it_times(tmp_path):
