@@ -143,6 +143,13 @@ class Row:
     efficiency: float | None = None  # GFLOP/s over N x its 1-thread GFLOP/s, when 1 thread was run
     vs_torch: float | None = None  # against PyTorch's bfloat16 matmul, when it ran
     pct_round_peak: float | None = None  # of the FMA peak read in each round, beside the calls (compare)
+    round_medians: list | None = None  # each round's median GFLOP/s (compare)
+
+
+def paired_ratio(row: Row, reference: Row) -> float:
+    """Median over rounds of `row`'s GFLOP/s over `reference`'s in the same round: drift of the
+    host between rounds, which moves both alike, cancels."""
+    return float(np.median(np.array(row.round_medians) / np.array(reference.round_medians)))
 
 
 def _burst(call, reps: int, warm_seconds: float, burst_seconds: float) -> list[float]:
@@ -162,8 +169,9 @@ def _burst(call, reps: int, warm_seconds: float, burst_seconds: float) -> list[f
 def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5, reps: int = 3,
             numpy: bool = True, peak: float | None = None, seed: int = 0,
             kernel_threads: dict[str, int] | None = None, warm_seconds: float = 0.02,
-            burst_seconds: float = BURST_SECONDS, with_torch: bool = False, peak_meter: PeakMeter | None = None) -> list[Row]:
-    """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy A B
+            burst_seconds: float = BURST_SECONDS, with_torch: bool = False,
+            peak_meter: PeakMeter | None = None) -> list[Row]:
+    """Times each kernel (and numpy) on one problem, interleaved round by round (A B numpy B A
     numpy ...), on fresh random inputs each round; each turn is a burst of back-to-back calls, at
     least `reps` and at least `burst_seconds` long.
 
@@ -183,10 +191,12 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     names = [*kernels, *(["numpy"] if numpy else []), *(["torch"] if torch else [])]
     turns: dict[str, list[list[float]]] = {name: [] for name in names}  # GFLOP/s of each call, by round
     round_peaks = []
-    for _ in range(rounds):
+    order = list(kernels)
+    for round_index in range(rounds):
         a, b, c, bias = operands(problem, dtype, rng)
-        for name, kernel in kernels.items():
-            nthreads = kernel_threads.get(name, threads)
+        shift = round_index % len(order) if order else 0
+        for name in order[shift:] + order[:shift]:
+            kernel, nthreads = kernels[name], kernel_threads.get(name, threads)
             seconds = _burst(lambda: float(kernel.bench(a, b, threads=nthreads, warmup=0, reps=1, trans_a=problem.trans_a,
                                                         trans_b=problem.trans_b, beta=problem.beta, c=c, bias=bias)[0]),
                              reps, warm_seconds, burst_seconds)
@@ -213,7 +223,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
         rows.append(Row(problem.shape, dtype, kernel_threads.get(name, threads), name, s, 100.0 * s["median"] / peak,
                         s["median"] / summary["numpy"]["median"] if numpy else None,
                         vs_torch=s["median"] / summary["torch"]["median"] if torch else None,
-                        pct_round_peak=100.0 * float(np.median(round_medians / round_peaks)) if round_peaks else None))
+                        pct_round_peak=100.0 * float(np.median(round_medians / round_peaks)) if round_peaks else None,
+                        round_medians=round_medians.tolist()))
     return rows
 
 

@@ -19,18 +19,22 @@ from .peak import highest_peak
 from .workload import Problem
 
 DEFAULT_SHAPES = [(512, 512, 512), (1024, 1024, 1024), (4096, 768, 768)]
-#: A finalist replaces the analytic default only if its median beats the default's by this much in
-#: the final interleaved run: closer than that is run-to-run noise on a shared machine (about ±3 %).
+#: A finalist replaces the analytic default only if it beats the default by this much in the final
+#: interleaved run, round by round: closer than that is noise on a shared machine.
 WIN_MARGIN = 0.03
+#: Rounds of the finalists' interleaved run.
+FINAL_ROUNDS = 7
 
 
 def pick_winner(rows: list, default_name: str | None, margin: float = WIN_MARGIN):
-    """The fastest finalist row, unless the default's row is within `margin` of it."""
-    best = max(rows, key=lambda r: r.gflops["median"])
+    """The finalist row that runs fastest against the default, round by round (the median of its
+    per-round ratios), unless that is within `margin`: then the default's. Without a default among
+    the rows, the fastest median."""
     default = next((r for r in rows if r.impl == default_name), None)
-    if default is not None and best.gflops["median"] < default.gflops["median"] * (1 + margin):
-        return default
-    return best
+    if default is None:
+        return max(rows, key=lambda r: r.gflops["median"])
+    best = max(rows, key=lambda r: bench.paired_ratio(r, default))
+    return best if bench.paired_ratio(best, default) >= 1 + margin else default
 
 
 @dataclass
@@ -81,22 +85,22 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
     default = analytic.default_params(host, dtype)
     if all(params != default or run_threads != threads for params, run_threads, _ in finalists):
         finalists.append((default, threads, 0.0))
-    # Re-measure the finalists and numpy interleaved (A B C numpy A B C numpy ...); pick from that run.
+    # Re-measure the finalists and numpy interleaved (A B C numpy B C A numpy ...); pick from that run.
     peak = highest_peak(dtype, threads)
     measured = timed_problem(problem)
     names = {f"#{rank}": (params, run_threads) for rank, (params, run_threads, _) in enumerate(finalists, 1)}
-    rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads, rounds=5, peak=peak,
-                         kernel_threads={name: t for name, (_, t) in names.items()})
+    rows = bench.compare({name: api.build(p) for name, (p, _) in names.items()}, measured, threads,
+                         rounds=FINAL_ROUNDS, peak=peak, kernel_threads={name: t for name, (_, t) in names.items()})
     numpy_row = next(r for r in rows if r.impl == "numpy")
     torch_row = next((r for r in rows if r.impl == "torch"), None)
     default_name = next(name for name, (p, t) in names.items() if p == default and t == threads)
+    default_row = next(r for r in rows if r.impl == default_name)
     best_row = pick_winner([r for r in rows if r.impl in names], default_name)
     best_params, best_threads = names[best_row.impl]
     # When the search first measured a kernel that the interleaved run puts within 3% of the winner
     # (0 s for the analytic default, which needs no search): the search's single-trial figures are too
     # noisy to judge that by, their maximum being biased upwards.
-    near_best = [names[r.impl] for r in rows
-                 if r.impl in names and r.gflops["median"] >= 0.97 * best_row.gflops["median"]]
+    near_best = [names[r.impl] for r in rows if r.impl in names and bench.paired_ratio(r, best_row) >= 0.97]
     seconds_to_within_3pct = 0.0 if (default, threads) in near_best else search.seconds_to_find(
         study, {search.kernel_key(params, run_threads) for params, run_threads in near_best})
     record = {
@@ -121,7 +125,9 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
                    "search_seconds_to_within_3pct": outcome.seconds_to_within_3pct, "sampler": sampler,
                    "run_threads": best_threads, "search_best_gflops": outcome.best_gflops,
                    "finalists": {r.impl: {"kernel": names[r.impl][0].name, "threads": names[r.impl][1],
-                                          "gflops": r.gflops["median"]} for r in rows if r.impl in names}},
+                                          "gflops": r.gflops["median"],
+                                          "vs_default": bench.paired_ratio(r, default_row)}
+                                 for r in rows if r.impl in names}},
     }
     target = store.tuned_dir(tuned_dir)
     try:

@@ -134,6 +134,28 @@ def test_a_turn_of_a_fast_gemm_lasts_long_enough_that_one_hiccup_spoils_few_samp
     assert len(fast) == 20 and len(slow) == 3
 
 
+def test_the_kernels_take_turns_first_so_none_always_runs_after_numpy(monkeypatch):
+    """compare rotates the kernels' order from round to round (A B C, B C A, C A B, ...), so that
+    no kernel is always the one timed right after numpy's threads or the longest after them."""
+    from types import SimpleNamespace
+
+    from autogemm import bench
+
+    calls = []
+
+    def fake(name):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return [1e-3]
+        return SimpleNamespace(params=SimpleNamespace(dtype="float32"), bench=run)
+
+    monkeypatch.setattr(bench, "_burst", lambda call, reps, warm_seconds, burst_seconds: [call()])
+    monkeypatch.setattr(bench, "SETTLE_AFTER", {"numpy": 0.0, "torch": 0.0, "kernel": 0.0})
+    rows = bench.compare({n: fake(n) for n in "ABC"}, (8, 8, 8), 1, rounds=4, numpy=False, peak=1.0)
+    assert "".join(calls) == "ABC" "BCA" "CAB" "ABC"
+    assert [len(r.round_medians) for r in rows] == [4, 4, 4]
+
+
 def test_bench_times_the_tuned_entry_of_what_it_times(tmp_path):
     """The suite times row-major A and B with beta = 0: its tuned row is the entry `matmul` would take
     for those, not an entry of the same shape tuned for a transposed B (x @ W.T) or for beta = 1."""
