@@ -116,6 +116,36 @@ def test_helpers_a_job_leaves_out_sleep():
 
 
 @LINUX_ONLY
+def test_a_helper_stays_awake_for_calls_a_fraction_of_a_millisecond_apart():
+    """Between a program's GEMMs there is often under a millisecond of other work; a helper that fell
+    asleep in such a gap costs the next call a wake-up (50-300 us in a VM, longer than a 256^3 call).
+    So after small 2-thread calls 0.3 ms apart the helper sleeps (a voluntary context switch, on its
+    condition variable) after almost none of them: it spun for 0.1 ms and slept after each before."""
+    out = run_python("""
+        import os, time, numpy as np
+        from autogemm import analytic, api, machine
+        kernel = api.build(analytic.default_params(machine.detect(), "float32"))
+        a = np.ones((200, 200), np.float32)
+        c = np.empty((200, 200), np.float32)
+        before = set(os.listdir("/proc/self/task"))
+        kernel.gemm(a, a, c, threads=2, force_threads=True)
+        (helper,) = set(os.listdir("/proc/self/task")) - before
+        def sleeps():
+            for line in open(f"/proc/self/task/{helper}/status"):
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+        start = sleeps()
+        for _ in range(100):
+            until = time.perf_counter() + 3e-4
+            while time.perf_counter() < until:  # the caller's other work
+                pass
+            kernel.gemm(a, a, c, threads=2, force_threads=True)
+        print(sleeps() - start)
+    """)
+    assert int(out) < 20, f"the helper slept {out} times between 100 calls 0.3 ms apart"
+
+
+@LINUX_ONLY
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
                     reason="needs two CPUs to keep a helper off one")
 def test_a_helper_woken_off_its_callers_cpu_gets_every_cpu_back():
