@@ -17,6 +17,9 @@ KU_CHOICES = (1, 2, 4, 8)
 #: Rows, and million flops per thread, up to which the direct path skips packing, unless a kernel says
 #: otherwise: Zen 4's float32 crossover (see analytic.direct_limits).
 DIRECT_LIMITS = (128, 128)
+#: The most elements of B (k x n) with which the flops limit alone lets a GEMM skip packing: such a B
+#: stays in cache while every row tile reads it.
+DIRECT_B_ELEMENTS = 1 << 20
 #: The limits of kernels recorded before they were parameters (then 512 rows and 400 Mflop in all): a
 #: tuned entry without them keeps the path it was measured on.
 RECORDED_DIRECT_LIMITS = (512, 400)

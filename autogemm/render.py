@@ -10,7 +10,8 @@ from pathlib import Path
 import jinja2
 
 from . import __version__
-from .params import BLAS_LETTER, KernelParams, accumulator_dtype, k_per_element, packed_itemsize, vector_widths
+from .params import (BLAS_LETTER, DIRECT_B_ELEMENTS, KernelParams, accumulator_dtype, k_per_element, packed_itemsize,
+                     vector_widths)
 
 #: FMA chains in the peak microbenchmark: enough to hide latency x pipes on current cores,
 #: few enough to stay in registers with the two constant operands.
@@ -52,7 +53,7 @@ def _ctype(dtype: str) -> str:
 
 def _kernel_values(params: KernelParams) -> dict:
     kp = k_per_element(params.isa)
-    return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), kp=kp,
+    return dict(**params.to_dict(), name=params.name, ctype=_ctype(params.dtype), kp=kp, direct_b=DIRECT_B_ELEMENTS,
                 letter=BLAS_LETTER[params.dtype], elem_bytes=packed_itemsize(params.dtype, params.isa) * kp)
 
 

@@ -13,7 +13,7 @@ import platformdirs
 from . import analytic, render
 from .evaluate import OK, Request, Result
 from .machine import Machine
-from .params import KU_CHOICES, PARALLEL_LOOPS, InvalidParams, KernelParams, vector_widths
+from .params import DIRECT_B_ELEMENTS, KU_CHOICES, PARALLEL_LOOPS, InvalidParams, KernelParams, vector_widths
 from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -51,14 +51,39 @@ def _round_to(value: int, multiple: int) -> int:
     return max(multiple, value // multiple * multiple)
 
 
-def params_from_choices(machine: Machine, dtype: str, choices: dict) -> KernelParams:
-    """Maps raw search choices onto valid parameters; InvalidParams if they break a constraint."""
+#: Which path the searched problem takes: the analytic limits' choice, or the direct (unpacked) or
+#: packed path whichever those limits pick, by moving a kernel's limits just past the problem.
+PATHS = ("default", "direct", "packed")
+
+
+def path_limits(machine: Machine, dtype: str, problem: Problem, threads: int, path: str) -> tuple[int, int]:
+    """direct_m and direct_mflops that send `problem` on `threads` threads down `path`, as close to
+    the analytic limits as that allows (the template's AG_DIRECT_* test). The analytic limits where
+    the path does not apply (bfloat16, a transposed B, one column) or is already taken."""
+    limits = analytic.direct_limits(machine, dtype)
+    if path == "default" or dtype == "bfloat16" or problem.trans_b or problem.n == 1:
+        return limits
+    direct_m, direct_mflops = limits
+    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
+    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
+    takes_direct = problem.m <= direct_m or (small_b and mflops <= direct_mflops)
+    if takes_direct == (path == "direct"):
+        return limits
+    if path == "direct":
+        return (direct_m, mflops) if small_b else (min(problem.m, 1 << 16), direct_mflops)
+    return min(direct_m, problem.m - 1), max(0, min(direct_mflops, mflops - 1)) if small_b else direct_mflops
+
+
+def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Problem | None = None) -> KernelParams:
+    """Maps raw search choices onto valid parameters; InvalidParams if they break a constraint.
+    The path choice needs the `problem` searched (without it, or without the choice: the default)."""
     isa = choices["isa"]
     vw = (analytic.portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype)))
     mr, nr = choices["mr"], choices["nv"] * vw
     if mr * choices["nv"] + choices["nv"] + 1 > analytic.register_budget(machine, isa):
         raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
-    direct_m, direct_mflops = analytic.direct_limits(machine, dtype)
+    direct_m, direct_mflops = (analytic.direct_limits(machine, dtype) if problem is None else
+                               path_limits(machine, dtype, problem, choices["threads"], choices.get("path", "default")))
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
                         parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"],
@@ -71,7 +96,7 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
         return min(options, key=lambda o: abs(math.log(o / value)))
     return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
             "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
-            "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "threads": threads}
+            "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "threads": threads, "path": "default"}
 
 
 def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
@@ -79,7 +104,7 @@ def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
     kc = [256, 512, 768] if dtype == "bfloat16" else [128, 256, 384]
     return {"isa": [machine.best_isa_for(dtype)], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
             "kc": kc, "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
-            "prefetch": [0, 8], "prefetch_c": [False, True], "threads": [threads]}
+            "prefetch": [0, 8], "prefetch_c": [False, True], "threads": [threads], "path": ["default"]}
 
 
 def warm_start(machine: Machine, dtype: str, problem: Problem, threads: int) -> list[dict]:
@@ -109,6 +134,7 @@ def suggest(trial: optuna.Trial, machine: Machine, dtype: str, max_threads: int)
         "prefetch": trial.suggest_categorical("prefetch", list(PREFETCH_CHOICES)),
         "prefetch_c": trial.suggest_categorical("prefetch_c", [False, True]),
         "threads": trial.suggest_int("threads", 1, max_threads),
+        "path": trial.suggest_categorical("path", list(PATHS)),
     }
 
 
@@ -172,7 +198,7 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
     def objective(trial: optuna.Trial) -> float:
         choices = suggest(trial, machine, dtype, threads)
         try:
-            params = params_from_choices(machine, dtype, choices)
+            params = params_from_choices(machine, dtype, choices, problem)
         except InvalidParams as exc:
             trial.set_user_attr("status", "constraint")
             raise optuna.TrialPruned(str(exc)) from None
@@ -211,10 +237,10 @@ def run_search(machine: Machine, dtype: str, problem, threads: int, evaluator, *
     if trials is None or already < trials:
         study.optimize(objective, timeout=timeout, callbacks=[stop_when_done, *([progress] if progress else [])],
                        gc_after_trial=False)
-    return study, summarize(study, machine, dtype)
+    return study, summarize(study, machine, dtype, problem)
 
 
-def summarize(study: optuna.Study, machine: Machine, dtype: str) -> Outcome:
+def summarize(study: optuna.Study, machine: Machine, dtype: str, problem: Problem) -> Outcome:
     trials = [t for t in study.trials if t.state.is_finished()]
     statuses: dict[str, int] = {}
     for t in trials:
@@ -228,7 +254,7 @@ def summarize(study: optuna.Study, machine: Machine, dtype: str) -> Outcome:
     end = max(t.datetime_complete for t in trials)
     within = min((t.datetime_complete for t in good if t.value >= 0.97 * best.value), default=None)
     return Outcome(
-        best_params=params_from_choices(machine, dtype, best.params),
+        best_params=params_from_choices(machine, dtype, best.params, problem),
         best_threads=best.params["threads"],
         best_gflops=best.value,
         trials=len(trials),
@@ -248,15 +274,17 @@ def seconds_to_find(study: optuna.Study, kernels) -> float | None:
     return (min(found) - min(t.datetime_start for t in finished)).total_seconds()
 
 
-def top_candidates(study: optuna.Study, machine: Machine, dtype: str, k: int = 3) -> list[tuple[KernelParams, int, float]]:
-    """The k best distinct (params, threads) of the study, best first."""
+def top_candidates(study: optuna.Study, machine: Machine, dtype: str, problem, k: int = 3
+                   ) -> list[tuple[KernelParams, int, float]]:
+    """The k best distinct (params, threads) of the study of `problem`, best first."""
+    problem = problem if isinstance(problem, Problem) else Problem(*problem)
     found, keys = [], set()
     for t in sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
                      and t.user_attrs.get("status") == OK), key=lambda t: -t.value):
         key = t.user_attrs["kernel"]
         if key not in keys:
             keys.add(key)
-            found.append((params_from_choices(machine, dtype, t.params), t.params["threads"], t.value))
+            found.append((params_from_choices(machine, dtype, t.params, problem), t.params["threads"], t.value))
         if len(found) == k:
             break
     return found

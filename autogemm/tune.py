@@ -77,7 +77,7 @@ def tune_problem(dtype: str, problem: Problem, threads: int, *, worker: Worker, 
                                            trials=trials, timeout=timeout, seed=seed, progress=callback)
     finally:
         bar.close()
-    finalists = search.top_candidates(study, host, dtype, top_k)
+    finalists = search.top_candidates(study, host, dtype, problem, top_k)
     if not finalists:
         raise RuntimeError(f"{label}: no candidate passed ({outcome.statuses}); see `autogemm list`")
     # The analytic default is always a finalist, and it keeps its place unless beaten by WIN_MARGIN,

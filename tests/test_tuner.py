@@ -15,6 +15,7 @@ from autogemm import analytic, api, machine, render, search, store
 from autogemm import kernel as kernel_module
 from autogemm.evaluate import CORRECTNESS, CRASH, OK, TIMEOUT, Request, Result, Worker
 from autogemm.params import KernelParams
+from autogemm.workload import Problem
 
 HOST = machine.detect()
 
@@ -347,6 +348,23 @@ def test_a_finalist_must_beat_the_default_by_the_margin_round_by_round():
     clear = row("#1", [g * (1 + 1.5 * WIN_MARGIN) for g in drifting])
     assert pick_winner([clear, row("#2", drifting)], "#2").impl == "#1"
     assert pick_winner([lucky, default], None).impl == "#1"  # no default among them: the fastest median
+
+
+@pytest.mark.parametrize("shape, threads", [((512, 512, 512), 2), ((100, 100, 100), 1), ((256, 768, 3072), 2)])
+def test_the_path_choice_sends_the_searched_problem_down_that_path(shape, threads):
+    """The search may take the direct or the packed path for its problem whichever the analytic limits
+    pick (512^3 on two threads packs by default, 100^3 goes direct, 256 x 768 x 3072 has too large a B
+    for the flops limit and goes direct by its rows); "default" keeps the analytic limits."""
+    default = analytic.default_params(HOST, "float32")
+    choices = search.choices_from_params(default, threads)
+    paths = {}
+    for path in search.PATHS:
+        params = search.params_from_choices(HOST, "float32", {**choices, "path": path}, Problem(*shape))
+        paths[path] = api.build(params).path(*shape, threads=threads)
+        if path == "default":
+            assert (params.direct_m, params.direct_mflops) == (default.direct_m, default.direct_mflops)
+    assert paths["direct"] == "direct" and paths["packed"] == "packed"
+    assert paths["default"] == api.build(default).path(*shape, threads=threads)
 
 
 def test_time_to_within_3pct_is_when_the_search_first_measured_a_near_best_kernel():
