@@ -188,8 +188,8 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     torch = torch_module() if numpy and (with_torch or dtype == "bfloat16") else None
     flops = 2.0 * problem.m * problem.n * problem.k
     rng = np.random.default_rng(seed)
-    names = [*kernels, *(["numpy"] if numpy else []), *(["torch"] if torch else [])]
-    turns: dict[str, list[list[float]]] = {name: [] for name in names}  # GFLOP/s of each call, by round
+    turns: dict[str, list[list[float]]] = {  # GFLOP/s of each call, by round
+        name: [] for name in [*kernels, *(["numpy"] if numpy else []), *(["torch"] if torch else [])]}
     round_peaks = []
     order = list(kernels)
     for round_index in range(rounds):

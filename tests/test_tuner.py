@@ -141,8 +141,6 @@ def test_first_trial_is_the_analytic_default(tmp_path):
 
 @pytest.mark.parametrize("k, one_pass", [(100, None), (700, 768), (768, 768), (4096, None)])
 def test_warm_start_tries_all_of_a_short_k_in_one_block(k, one_pass):
-    from autogemm.workload import Problem
-
     default = analytic.default_params(HOST, "float32")
     first = search.warm_start(HOST, "float32", Problem(4096, 4096, k), 2)
     assert first[0]["kc"] == search.choices_from_params(default, 2)["kc"]
@@ -414,7 +412,6 @@ def test_big_gemms_are_timed_capped_but_with_two_blocks_of_every_size_searched()
     so candidates that differ only in MC, KC or NC do not time alike (NC 4096 and 8192 on the
     50304-wide GPT-2 head did when N was capped at 4096)."""
     from autogemm.evaluate import timed_problem
-    from autogemm.workload import Problem
 
     head = timed_problem(Problem(4096, 50304, 768, trans_b=True))
     assert (head.m, head.k, head.trans_b) == (4096, 768, True)
