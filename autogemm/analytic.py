@@ -77,7 +77,8 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
     direct_m, direct_mflops = direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
-                        parallel=parallel_loop(machine), prefetch=0, direct_m=direct_m, direct_mflops=direct_mflops)
+                        parallel=parallel_loop(machine), prefetch=0, direct_m=direct_m, direct_mflops=direct_mflops,
+                        stream_b=streams_shared_b(machine) and dtype != "bfloat16")
 
 
 #: Cores above which the default splits row blocks and B micro-panels (2d) rather than rows (ic).
@@ -90,6 +91,15 @@ def parallel_loop(machine: Machine) -> str:
     micro-panels, so B is read from L3 once per block of A rather than once per thread (16 cores of
     Ice Lake: 1.1-1.4x ic at 1024^3-4096^3 and on the GPT-2 shapes)."""
     return "2d" if machine.cores > MANY_CORES else "ic"
+
+
+def streams_shared_b(machine: Machine) -> bool:
+    """Whether the threads pack the B block they share with non-temporal stores: on few cores. Two
+    cores of Zen 4 (KVM), float32: +7-9% at 1024^3 and 768x2304x4096, +2% at 4096x768x768, level at
+    2048^3 and on one thread; there each core otherwise writes lines the other core read in the last
+    k block, and while the host keeps the two vCPUs apart that cost packing B five times its time
+    alone. 16 cores of the lent Xeon: 0.94-0.95x at 1024^3, level at 2048^3 and the GPT-2 shapes."""
+    return machine.cores <= MANY_CORES
 
 
 def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int]:

@@ -108,6 +108,10 @@ class KernelParams:
     prefetch: int = 0
     #: Prefetch every cache line of the C tile as the micro-kernel starts, not only each row's first.
     prefetch_c: bool = False
+    #: Pack a B block that several threads share with non-temporal stores (float32 and float64; not
+    #: jp, whose panels are each thread's own), so that no core writes lines another core holds. Off
+    #: in kernels recorded before it existed; the analytic default turns it on for few cores.
+    stream_b: bool = False
     #: The direct path (no packing) takes GEMMs of at most `direct_m` rows, or of at most
     #: `direct_mflops` million flops per thread with a small B (see the template's AG_DIRECT_*).
     direct_m: int = DIRECT_LIMITS[0]
@@ -122,9 +126,10 @@ class KernelParams:
             raise InvalidParams(f"isa {self.isa} computes bfloat16 only, not {self.dtype}")
         if self.parallel not in PARALLEL_LOOPS:
             raise InvalidParams(f"parallel must be one of {PARALLEL_LOOPS}, got {self.parallel!r}")
-        if not isinstance(self.prefetch_c, (bool, np.bool_)):
-            raise InvalidParams(f"prefetch_c must be a bool, got {self.prefetch_c!r}")
-        object.__setattr__(self, "prefetch_c", bool(self.prefetch_c))
+        for flag in ("prefetch_c", "stream_b"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise InvalidParams(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+            object.__setattr__(self, flag, bool(getattr(self, flag)))
         for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch", "direct_m", "direct_mflops"):
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -145,6 +150,8 @@ class KernelParams:
             raise InvalidParams(f"mc={self.mc} must be a multiple of mr={self.mr}")
         if self.kc % k_per_element(self.isa):
             raise InvalidParams(f"kc={self.kc} must be even: {self.isa} multiplies pairs of k")
+        if self.stream_b and self.dtype == "bfloat16":
+            raise InvalidParams("stream_b applies to float32 and float64 kernels (bfloat16 packing converts)")
         if self.nc % self.nr:
             raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
         need, have = registers_needed(self.mr, self.nr, self.vw), REGISTER_BUDGET[self.isa]
@@ -162,7 +169,7 @@ class KernelParams:
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
             f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}{'c' if self.prefetch_c else ''}"
-            f"{direct}"
+            f"{direct}{'_sb' if self.stream_b else ''}"
         )
 
     def to_dict(self) -> dict:

@@ -87,6 +87,7 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Pr
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
                         parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"],
+                        stream_b=choices.get("stream_b", False) and dtype != "bfloat16",
                         direct_m=direct_m, direct_mflops=direct_mflops)
 
 
@@ -96,7 +97,8 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
         return min(options, key=lambda o: abs(math.log(o / value)))
     return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
             "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
-            "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "threads": threads, "path": "default"}
+            "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "stream_b": p.stream_b, "threads": threads,
+            "path": "default"}
 
 
 def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
@@ -104,16 +106,17 @@ def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
     kc = [256, 512, 768] if dtype == "bfloat16" else [128, 256, 384]
     return {"isa": [machine.best_isa_for(dtype)], "mr": [4, 6, 8, 12, 14], "nv": [1, 2, 4], "ku": [4],
             "kc": kc, "mc": [192, 576], "nc": [4096], "parallel": list(PARALLEL_LOOPS),
-            "prefetch": [0, 8], "prefetch_c": [False, True], "threads": [threads], "path": ["default"]}
+            "prefetch": [0, 8], "prefetch_c": [False, True], "stream_b": [False, True], "threads": [threads],
+            "path": ["default"]}
 
 
 def warm_start(machine: Machine, dtype: str, problem: Problem, threads: int) -> list[dict]:
     """The first trials of a new study: the analytic default, then its nearest neighbours along the
-    axes that most often matter (prefetch, KC, the parallel loop), and KC taking all of a short K
-    at once, so C is loaded and stored once rather than once per k block."""
+    axes that most often matter (prefetch, KC, the parallel loop, streaming the shared B), and KC
+    taking all of a short K at once, so C is loaded and stored once rather than once per k block."""
     default = choices_from_params(analytic.default_params(machine, dtype), threads)
     changes = [{}, {"prefetch": 8}, {"prefetch_c": not default["prefetch_c"]}, {"kc": 256},
-               {"parallel": "jr"}, {"parallel": "jp"}]
+               {"parallel": "jr"}, {"parallel": "jp"}, {"stream_b": not default["stream_b"]}]
     one_pass = [kc for kc in kc_choices(dtype) if kc >= problem.k]
     if one_pass and one_pass[0] > default["kc"]:
         changes.append({"kc": one_pass[0]})
@@ -133,6 +136,7 @@ def suggest(trial: optuna.Trial, machine: Machine, dtype: str, max_threads: int)
         "parallel": trial.suggest_categorical("parallel", list(PARALLEL_LOOPS)),
         "prefetch": trial.suggest_categorical("prefetch", list(PREFETCH_CHOICES)),
         "prefetch_c": trial.suggest_categorical("prefetch_c", [False, True]),
+        "stream_b": trial.suggest_categorical("stream_b", [False, True]),
         "threads": trial.suggest_int("threads", 1, max_threads),
         "path": trial.suggest_categorical("path", list(PATHS)),
     }

@@ -29,17 +29,19 @@ TEMPLATES = [
 
 def param_grid(isa, dtype):
     """The analytic default plus variants with tiny blocks, so every loop runs several times,
-    k-blocks leave an unroll remainder, every parallel loop is used, and both ways of prefetching C."""
+    k-blocks leave an unroll remainder, every parallel loop is used, both ways of prefetching C, and
+    a shared B block packed with and without non-temporal stores."""
     base = analytic.default_params(HOST, dtype, isa)
     vw = base.vw
     tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
+    streams = dtype != "bfloat16"  # bfloat16 packing converts: never streamed
     return [
         base,
-        base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True),
-        base.replace(**tiny, ku=8, parallel="jr"),
+        base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True, stream_b=streams),
+        base.replace(**tiny, ku=8, parallel="jr", stream_b=streams),
         base.replace(ku=1, mc=2 * base.mr, kc=8 if isa in params.PAIRED_ISAS else 7,
-                     nc=2 * base.nr, parallel="jr", prefetch=1),
-        base.replace(**tiny, ku=2, parallel="2d", prefetch_c=True),
+                     nc=2 * base.nr, parallel="jr", prefetch=1, stream_b=False),
+        base.replace(**tiny, ku=2, parallel="2d", prefetch_c=True, stream_b=False),
         base.replace(**tiny, ku=4, parallel="jp", prefetch=1),
     ]
 
@@ -391,6 +393,27 @@ def test_prefetch_c_covers_every_line_of_the_c_tile_rows(dtype, vw, lines):
         assert all(line in late for line in every_line) and "if (p == p_late)" in late
         assert all(line in start for line in (every_line if prefetch_c else first_lines))
         assert ("__builtin_prefetch(c + " if prefetch_c else "(const char *)(c + ") not in start
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2"])
+@pytest.mark.parametrize("parallel", ["ic", "2d", "jp"])
+def test_only_a_b_block_that_threads_share_is_packed_with_non_temporal_stores(isa, parallel, rng):
+    """stream_b: the compiled float32 kernel holds non-temporal stores exactly when it packs a shared B
+    block with them (not jp, whose panels are each thread's own), and gives the same results on
+    one and two threads, with and without them."""
+    if not HOST.supports(isa):
+        pytest.skip(f"CPU lacks {isa}")
+    a, b = random_matrix(rng, (150, 300), "float32"), random_matrix(rng, (300, 200), "float32")
+    for stream_b in (True, False):
+        p = analytic.default_params(HOST, "float32", isa).replace(parallel=parallel, kc=64, mc=24, stream_b=stream_b)
+        kernel = api.build(p)
+        code = subprocess.run(["objdump", "-d", str(kernel.library)], capture_output=True, text=True,
+                              check=True).stdout
+        assert ("vmovntps" in code) == (stream_b and parallel != "jp"), p.name
+        for threads in (1, 2):
+            c = np.full((150, 200), np.nan, "float32")
+            kernel.gemm(a, b, c, threads=threads, force_threads=True)
+            assert error_ratio(c, a, b, dtype="float32") <= 1, (p.name, threads)
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)

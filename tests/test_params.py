@@ -12,10 +12,13 @@ def test_valid_params_have_a_descriptive_name():
     assert hash(p) == hash(KernelParams(**GOOD))
     with_c = p.replace(prefetch_c=True)
     assert with_c.name == p.name + "c" and KernelParams.from_dict(with_c.to_dict()) == with_c
+    streamed = p.replace(stream_b=True)
+    assert streamed.name == p.name + "_sb" and KernelParams.from_dict(streamed.to_dict()) == streamed
     tight = p.replace(direct_m=48, direct_mflops=16)
     assert tight.name == p.name + "_d48m16" and KernelParams.from_dict(tight.to_dict()) == tight
-    # a tuned file written before the direct limits were parameters reads as the kernel it measured
-    old = {k: v for k, v in p.to_dict().items() if not k.startswith("direct_")}
+    # a tuned file written before the direct limits and stream_b were parameters reads as the kernel
+    # it measured
+    old = {k: v for k, v in p.to_dict().items() if not k.startswith("direct_") and k != "stream_b"}
     assert (p.direct_m, p.direct_mflops) == (128, 128)
     assert KernelParams.from_dict(old) == p.replace(direct_m=512, direct_mflops=400)
 
@@ -38,6 +41,9 @@ def test_valid_params_have_a_descriptive_name():
     (dict(prefetch=1000), "prefetch"),
     (dict(prefetch_c=1), "prefetch_c"),
     (dict(prefetch_c="yes"), "prefetch_c"),
+    (dict(stream_b=1), "stream_b"),
+    (dict(stream_b="no"), "stream_b"),
+    (dict(dtype="bfloat16", vw=8, stream_b=True), "stream_b"),
     (dict(direct_m=-1), "direct_m"),
     (dict(direct_mflops=1.5), "int"),
     (dict(direct_mflops=1 << 21), "direct_mflops"),
