@@ -95,7 +95,7 @@ def parallel_loop(machine: Machine) -> str:
 
 def streams_shared_b(machine: Machine) -> bool:
     """Whether the threads pack the B block they share with non-temporal stores: on few cores. Two
-    cores of Zen 4 (KVM), float32: +7-9% at 1024^3 and 768x2304x4096, +2% at 4096x768x768, level at
+    cores of Zen 4 (KVM), float32: +5-10% at 1024^3 and 768x2304x4096, +2% at 4096x768x768, level at
     2048^3 and on one thread; there each core otherwise writes lines the other core read in the last
     k block, and while the host keeps the two vCPUs apart that cost packing B five times its time
     alone. 16 cores of the lent Xeon: 0.94-0.95x at 1024^3, level at 2048^3 and the GPT-2 shapes."""
