@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from .machine import Machine
-from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, KernelParams, accumulator_dtype, itemsize,
-                     k_per_element, packed_itemsize, registers_needed, vector_widths)
+from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, KernelParams, accumulator_dtype,
+                     itemsize, k_per_element, packed_itemsize, registers_needed, vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
@@ -78,7 +78,7 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     direct_m, direct_mflops = direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
                         parallel=parallel_loop(machine), prefetch=0, direct_m=direct_m, direct_mflops=direct_mflops,
-                        stream_b=streams_shared_b(machine) and dtype != "bfloat16")
+                        stream_b=streams_shared_b(machine) and dtype in STREAMING_DTYPES)
 
 
 #: Cores above which the default splits row blocks and B micro-panels (2d) rather than rows (ic).

@@ -20,6 +20,9 @@ DIRECT_LIMITS = (128, 128)
 #: The most elements of B (k x n) with which the flops limit alone lets a GEMM skip packing: such a B
 #: stays in cache while every row tile reads it.
 DIRECT_B_ELEMENTS = 1 << 20
+#: The dtypes whose kernels may pack a shared B block with non-temporal stores (stream_b): their
+#: packing moves elements whole, where bfloat16's converts them.
+STREAMING_DTYPES = ("float32", "float64")
 #: The limits of kernels recorded before they were parameters (then 512 rows and 400 Mflop in all): a
 #: tuned entry without them keeps the path it was measured on.
 RECORDED_DIRECT_LIMITS = (512, 400)
@@ -150,8 +153,8 @@ class KernelParams:
             raise InvalidParams(f"mc={self.mc} must be a multiple of mr={self.mr}")
         if self.kc % k_per_element(self.isa):
             raise InvalidParams(f"kc={self.kc} must be even: {self.isa} multiplies pairs of k")
-        if self.stream_b and self.dtype == "bfloat16":
-            raise InvalidParams("stream_b applies to float32 and float64 kernels (bfloat16 packing converts)")
+        if self.stream_b and self.dtype not in STREAMING_DTYPES:
+            raise InvalidParams(f"stream_b applies to {' and '.join(STREAMING_DTYPES)} kernels, not {self.dtype}")
         if self.nc % self.nr:
             raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
         need, have = registers_needed(self.mr, self.nr, self.vw), REGISTER_BUDGET[self.isa]

@@ -34,7 +34,7 @@ def param_grid(isa, dtype):
     base = analytic.default_params(HOST, dtype, isa)
     vw = base.vw
     tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
-    streams = dtype != "bfloat16"  # bfloat16 packing converts: never streamed
+    streams = dtype in params.STREAMING_DTYPES
     return [
         base,
         base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True, stream_b=streams),
