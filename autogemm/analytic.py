@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .machine import Machine
+from .machine import X86_ARCHS, Machine
 from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, KernelParams, accumulator_dtype,
                      itemsize, k_per_element, packed_itemsize, registers_needed, vector_widths)
 
@@ -16,7 +16,7 @@ MAX_NR_VECTORS = 4
 
 
 def register_budget(machine: Machine, isa: str) -> int:
-    if isa == "portable" and machine.arch in ("x86_64", "AMD64", "i686") and "avx512f" not in machine.features:
+    if isa == "portable" and machine.arch in X86_ARCHS and "avx512f" not in machine.features:
         return 16
     return REGISTER_BUDGET[isa]
 

@@ -29,6 +29,8 @@ class Cache:
         return max(1, self.size // (self.ways * self.line))
 
 
+X86_ARCHS = ("x86_64", "AMD64", "i686")
+
 # Used only where the OS reports nothing: a common modern core.
 _FALLBACK_CACHES = {1: Cache(32 * 1024, 8, 64), 2: Cache(1024 * 1024, 8, 64), 3: Cache(8 * 1024 * 1024, 16, 64)}
 
@@ -150,26 +152,31 @@ def detect_caches() -> dict[int, Cache]:
     return {level: found.get(level, default) for level, default in _FALLBACK_CACHES.items()}
 
 
-def _cpu_model() -> str:
-    """Vendor family/model where archspec only knows a generic level (as inside many VMs)."""
-    info = _read(Path("/proc/cpuinfo"))
-    family = re.search(r"^cpu family\s*:\s*(\d+)", info, re.M)
-    model = re.search(r"^model\s*:\s*(\d+)", info, re.M)
+def cpu_model(cpuinfo: str) -> str:
+    """Vendor, family and model from /proc/cpuinfo's text, as `intel-f6m207`; the vendor alone
+    where the text has no family and model, empty where it has neither."""
+    vendor = vendor_from_cpuinfo(cpuinfo)
+    family = re.search(r"^cpu family\s*:\s*(\d+)", cpuinfo, re.M)
+    model = re.search(r"^model\s*:\s*(\d+)", cpuinfo, re.M)
     if not (family and model):
-        return _vendor_from_cpuinfo()
-    return f"{_vendor_from_cpuinfo()}-f{family[1]}m{model[1]}".strip("-")
+        return vendor
+    return f"{vendor}-f{family[1]}m{model[1]}".strip("-")
 
 
 @functools.lru_cache(maxsize=None)
 def detect() -> Machine:
     """Detects this machine once per process."""
     host = archspec.cpu.host()
+    arch = platform.machine()
     generic = host.vendor == "generic" or host.name.startswith(("x86_64", "aarch64", "ppc64", "riscv"))
+    cpuinfo = _read(Path("/proc/cpuinfo"))
     return Machine(
-        arch=platform.machine(),
+        arch=arch,
         microarch=host.name,
-        vendor=str(host.vendor).lower() if host.vendor != "generic" else _vendor_from_cpuinfo(),
-        model=_cpu_model() if generic else "",
+        vendor=str(host.vendor).lower() if host.vendor != "generic" else vendor_from_cpuinfo(cpuinfo),
+        # On x86 the family/model joins archspec's name, which a VM can make ambiguous: with waitpkg
+        # hidden, two Xeon generations (family 6 models 207 and 167 under KVM) are both "icelake".
+        model=cpu_model(cpuinfo) if generic or arch in X86_ARCHS else "",
         # The named microarchitecture lists only its canonical features; what this CPU reports
         # (avx512_bf16 on a Zen 4 seen as x86_64_v4, say) comes from the raw detection.
         features=frozenset(host.features) | frozenset(archspec.cpu.detect.detected_info().features),
@@ -179,6 +186,6 @@ def detect() -> Machine:
     )
 
 
-def _vendor_from_cpuinfo() -> str:
-    match = re.search(r"^vendor_id\s*:\s*(\S+)", _read(Path("/proc/cpuinfo")), re.M)
+def vendor_from_cpuinfo(cpuinfo: str) -> str:
+    match = re.search(r"^vendor_id\s*:\s*(\S+)", cpuinfo, re.M)
     return {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(match[1], match[1].lower()) if match else ""
