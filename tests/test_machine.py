@@ -101,6 +101,15 @@ def test_direct_path_limits_follow_the_vendor_core_count_and_dtype(host, vendor,
     assert ("_d" in p.name) == (limits != (128, 128))  # the usual float32 limits keep the usual names
 
 
+@pytest.mark.parametrize("vendor, cores, distance", [
+    ("genuineintel", 2, 8), ("genuineintel", 16, 0), ("authenticamd", 2, 0), ("apple", 8, 0)])
+def test_the_default_prefetches_a_on_few_intel_cores(host, vendor, cores, distance):
+    """Few Intel cores prefetch A 8 k steps ahead (pf8 in the name); Zen 4 and 16 Xeon cores do not."""
+    for dtype in ("float32", "float64"):
+        p = analytic.default_params(dataclasses.replace(host, vendor=vendor, cores=cores), dtype)
+        assert p.prefetch == distance and f"_pf{distance}_" in p.name
+
+
 def test_register_tile_for_avx512_float32():
     assert analytic.register_tile(32, 16) == (6, 64)  # 24 accumulators, 2.4 FMAs per load
 
