@@ -77,7 +77,8 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
     direct_m, direct_mflops = direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
-                        parallel=parallel_loop(machine), prefetch=a_prefetch_distance(machine), direct_m=direct_m, direct_mflops=direct_mflops,
+                        parallel=parallel_loop(machine), prefetch=a_prefetch_distance(machine),
+                        direct_m=direct_m, direct_mflops=direct_mflops,
                         stream_b=streams_shared_b(machine) and dtype in STREAMING_DTYPES)
 
 
