@@ -103,13 +103,19 @@ def streams_shared_b(machine: Machine) -> bool:
     return machine.cores <= MANY_CORES
 
 
+def few_intel_cores(machine: Machine) -> bool:
+    """An Intel CPU with at most MANY_CORES cores, whether archspec named its vendor (genuineintel)
+    or only /proc/cpuinfo did (intel, under a generic microarchitecture)."""
+    return machine.vendor in ("genuineintel", "intel") and machine.cores <= MANY_CORES
+
+
 def a_prefetch_distance(machine: Machine) -> int:
     """k steps ahead at which the micro-kernel prefetches A into L1 (0: never). 8 on few Intel cores:
     one thread of a Xeon (family 6 model 167), both builds in one process, +1.6-3.0% at 2048^3, 4096^3
     (float32 and float64), 4096x768x768 and 4096x2304x768, level at 256^3, and its searches kept a
     prefetch on 16 of 30 entries; on Emerald Rapids +2-6%, inside that host's noise. Zen 4 needs none
     (its searches kept one on 4 of 68 entries), nor did the 16-core Xeon's searches (1 of 11)."""
-    return 8 if machine.vendor == "genuineintel" and machine.cores <= MANY_CORES else 0
+    return 8 if few_intel_cores(machine) else 0
 
 
 def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int]:
@@ -119,6 +125,6 @@ def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int]:
     crossovers: float32 128 rows and 128 Mflop (about 400^3 on one thread, 500^3 on two), float64
     96 rows and 24 Mflop (about 230^3 on one thread, 290^3 on two).
     Measurements: templates/partials/kernel.c.j2, at AG_DIRECT_M."""
-    if machine.vendor == "genuineintel" and machine.cores <= MANY_CORES:
+    if few_intel_cores(machine):
         return 48, 16
     return (96, 24) if dtype == "float64" else DIRECT_LIMITS

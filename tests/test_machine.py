@@ -102,7 +102,7 @@ def test_direct_path_limits_follow_the_vendor_core_count_and_dtype(host, vendor,
 
 
 @pytest.mark.parametrize("vendor, cores, distance", [
-    ("genuineintel", 2, 8), ("genuineintel", 16, 0), ("authenticamd", 2, 0), ("apple", 8, 0)])
+    ("genuineintel", 2, 8), ("intel", 2, 8), ("genuineintel", 16, 0), ("authenticamd", 2, 0), ("apple", 8, 0)])
 def test_the_default_prefetches_a_on_few_intel_cores(host, vendor, cores, distance):
     """Few Intel cores prefetch A 8 k steps ahead (pf8 in the name); Zen 4 and 16 Xeon cores do not."""
     for dtype in ("float32", "float64"):
