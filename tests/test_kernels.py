@@ -93,6 +93,34 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, variant, r
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
+def test_a_narrow_last_panel_takes_a_kernel_of_the_vectors_it_needs(isa, dtype, rng):
+    """Four vectors a row: the last panel of 1 to 3 vectors, whole or not, takes ukernel_n1..n3; each
+    one matches float64 on row-major C (stores from registers when whole) and on strided C, with a
+    bias, over NaN (beta = 0) and accumulating (beta = -0.5)."""
+    base = param_grid(isa, dtype)[0]
+    vw = base.vw
+    p = base.replace(mr=2, nr=4 * vw, mc=4, kc=24, nc=8 * vw, parallel="ic")  # 2 x 4 vectors fit AVX2
+    kernel = api.build(p)
+    assert all(f"ukernel_n{v}(" in kernel.source for v in (1, 2, 3)) and "ukernel_n4(" not in kernel.source
+    m, k = 2 * p.mr + 1, 2 * p.kc + 5
+    a = random_matrix(rng, (m, k), dtype)
+    for extra in (1, vw, vw + 1, 2 * vw, 3 * vw - 1, 3 * vw):
+        n = p.nr + extra
+        b = random_matrix(rng, (k, n), dtype)
+        bias = rng.uniform(-1, 1, n).astype(acc(dtype))
+        for layout_c, beta in (("C", 0.0), ("C", -0.5), ("strided", 0.0), ("strided", -0.5)):
+            c = random_matrix(rng, (m, n), acc(dtype), layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            kernel.gemm(a, b, c, beta=beta, bias=bias, threads=1, force_threads=True)
+            with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((m, 1))])
+            with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
+            ratio = error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+            assert ratio <= 1, f"{p.name} n={n} {layout_c} beta={beta}: {ratio}"
+
+
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
 @pytest.mark.parametrize("mr", [1, 5, 7, 8])
 def test_row_major_a_packs_in_vector_blocks_at_every_mr(isa, dtype, mr, rng):
     """Row-major A is packed a vector of k at a time by in-register transposes (AVX-512, MR <= 8):
