@@ -75,10 +75,10 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     mr, nr = register_tile(register_budget(machine, isa), vw)
     mc, kc, nc = cache_blocks(machine, mr, nr, dtype, isa)
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
-    direct_m, direct_mflops = direct_limits(machine, dtype)
+    direct_m, direct_mflops, direct_threaded = direct_limits(machine, dtype)
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
                         parallel=parallel_loop(machine), prefetch=a_prefetch_distance(machine),
-                        direct_m=direct_m, direct_mflops=direct_mflops,
+                        direct_m=direct_m, direct_mflops=direct_mflops, direct_threaded=direct_threaded,
                         stream_b=streams_shared_b(machine) and dtype in STREAMING_DTYPES)
 
 
@@ -118,13 +118,15 @@ def a_prefetch_distance(machine: Machine) -> int:
     return 8 if few_intel_cores(machine) else 0
 
 
-def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int]:
+def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int, int]:
     """Rows, and million flops per thread, up to which `dtype` GEMMs skip packing (the direct path
-    reads B in place). On few Intel cores B's rows, a page apart, outrun the prefetchers sooner: 48 rows
-    and 16 Mflop (about 200^3), where 2 Emerald Rapids cores measured the crossover; elsewhere Zen 4's
-    crossovers: float32 128 rows and 128 Mflop (about 400^3 on one thread, 500^3 on two), float64
-    96 rows and 24 Mflop (about 230^3 on one thread, 290^3 on two).
+    reads B in place), and how many times both grow on more than one thread. On few Intel cores B's
+    rows, a page apart, outrun the prefetchers sooner: 64 rows and 16 Mflop (about 200^3) on one
+    thread, twice that on two, where the packed path also waits at a barrier after packing B and
+    each core reads panels the other wrote. Zen 4's crossovers elsewhere, on one thread and two alike:
+    float32 128 rows and 128 Mflop (about 400^3 on one thread, 500^3 on two), float64 96 rows and
+    24 Mflop (about 230^3 on one thread, 290^3 on two).
     Measurements: templates/partials/kernel.c.j2, at AG_DIRECT_M."""
     if few_intel_cores(machine):
-        return 48, 16
-    return (96, 24) if dtype == "float64" else DIRECT_LIMITS
+        return 64, 16, 2
+    return (96, 24, 1) if dtype == "float64" else (*DIRECT_LIMITS, 1)

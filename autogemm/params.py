@@ -44,6 +44,7 @@ _LIMITS = {  # inclusive ranges that keep the generated code and its stack tile 
     "prefetch": (0, 64),
     "direct_m": (0, 1 << 16),
     "direct_mflops": (0, 1 << 20),
+    "direct_threaded": (1, 64),
 }
 
 
@@ -119,6 +120,10 @@ class KernelParams:
     #: `direct_mflops` million flops per thread with a small B (see the template's AG_DIRECT_*).
     direct_m: int = DIRECT_LIMITS[0]
     direct_mflops: int = DIRECT_LIMITS[1]
+    #: On more than one thread both direct limits are this many times larger (the flops one per
+    #: thread): the packed path then also waits at a barrier after packing B, and a core reads the B
+    #: panels another core wrote, which the direct path never does (see analytic.direct_limits).
+    direct_threaded: int = 1
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -133,7 +138,8 @@ class KernelParams:
             if not isinstance(getattr(self, flag), (bool, np.bool_)):
                 raise InvalidParams(f"{flag} must be a bool, got {getattr(self, flag)!r}")
             object.__setattr__(self, flag, bool(getattr(self, flag)))
-        for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch", "direct_m", "direct_mflops"):
+        for field in ("mr", "nr", "vw", "ku", "mc", "kc", "nc", "prefetch", "direct_m", "direct_mflops",
+                      "direct_threaded"):
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
                 raise InvalidParams(f"{field} must be an int, got {value!r}")
@@ -169,6 +175,8 @@ class KernelParams:
         letter = BLAS_LETTER[self.dtype]
         vw = f"_v{self.vw}" if self.isa == "portable" else ""
         direct = "" if (self.direct_m, self.direct_mflops) == DIRECT_LIMITS else f"_d{self.direct_m}m{self.direct_mflops}"
+        if self.direct_threaded != 1:
+            direct = f"_d{self.direct_m}m{self.direct_mflops}x{self.direct_threaded}"
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
             f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}{'c' if self.prefetch_c else ''}"

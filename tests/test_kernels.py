@@ -206,13 +206,15 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
 def test_the_direct_flops_limit_is_per_thread():
     """Each thread takes up to direct_mflops: more threads keep larger GEMMs unpacked, but only the
     threads a GEMM gets (at least ~1 Mflop each), not those offered."""
-    kernel = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=10))
+    kernel = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=10,
+                                                                       direct_threaded=1))
     assert kernel.path(160, 160, 160) == "direct"  # 8.2 Mflop
     assert kernel.path(200, 200, 200) == "packed"  # 16 Mflop
     assert kernel.path(200, 200, 200, threads=2) == "direct"
     assert kernel.path(280, 280, 280, threads=2) == "packed"  # 44 Mflop
     assert kernel.path(280, 280, 280, threads=5) == "direct"
-    few = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=1))
+    few = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=1,
+                                                                    direct_threaded=1))
     assert few.path(110, 110, 110, threads=3) == "packed"  # 2.7 Mflop gets two threads, not three
     assert few.path(110, 110, 110, threads=64) == "packed"
 
@@ -231,6 +233,23 @@ def test_the_direct_limits_are_the_kernels_own():
     off = api.build(base.replace(direct_m=0, direct_mflops=0))
     assert off.path(1, 300, 17) == "packed" and off.path(8, 8, 8) == "packed"
     assert off.path(199, 1, 73) == "dot"  # the dot path has its own limits
+
+
+def test_the_direct_limits_grow_on_several_threads():
+    """direct_threaded = 2 (a few Intel cores' default): twice the rows, and twice the flops a thread,
+    on two threads or more; one thread keeps the limits as they are."""
+    kernel = api.build(analytic.default_params(HOST, "float32").replace(direct_m=64, direct_mflops=16,
+                                                                       direct_threaded=2))
+    assert kernel.path(64, 3072, 768) == "direct" and kernel.path(65, 3072, 768) == "packed"
+    assert kernel.path(128, 3072, 768, threads=2) == "direct"
+    assert kernel.path(129, 3072, 768, threads=2) == "packed"
+    assert kernel.path(256, 256, 256) == "packed"  # 34 Mflop on one thread
+    assert kernel.path(256, 256, 256, threads=2) == "direct"  # 17 Mflop a thread, up to 32
+    assert kernel.path(384, 384, 384, threads=2) == "packed"  # 57 Mflop a thread
+    assert kernel.path(400, 400, 400, threads=4) == "direct"  # 32 Mflop a thread
+    same = api.build(analytic.default_params(HOST, "float32").replace(direct_m=64, direct_mflops=16,
+                                                                     direct_threaded=1))
+    assert same.path(65, 3072, 768, threads=2) == "packed" and same.path(256, 256, 256, threads=2) == "packed"
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)

@@ -89,16 +89,18 @@ def test_default_parallel_loop_follows_the_core_count(host, cores, loop):
 
 
 @pytest.mark.parametrize("vendor, cores, dtype, limits", [
-    ("genuineintel", 2, "float32", (48, 16)), ("genuineintel", 2, "float64", (48, 16)),
-    ("genuineintel", 16, "float32", (128, 128)), ("authenticamd", 2, "float32", (128, 128)),
-    ("authenticamd", 2, "float64", (96, 24)), ("apple", 8, "float32", (128, 128))])
+    ("genuineintel", 2, "float32", (64, 16, 2)), ("genuineintel", 2, "float64", (64, 16, 2)),
+    ("intel", 2, "float32", (64, 16, 2)), ("genuineintel", 16, "float32", (128, 128, 1)),
+    ("authenticamd", 2, "float32", (128, 128, 1)), ("authenticamd", 2, "float64", (96, 24, 1)),
+    ("apple", 8, "float32", (128, 128, 1))])
 def test_direct_path_limits_follow_the_vendor_core_count_and_dtype(host, vendor, cores, dtype, limits):
-    """Few Intel cores pack from 48 rows or 16 Mflop; Zen 4's crossover (and 16 Xeon cores') is later,
-    and earlier for float64 than for float32."""
+    """Few Intel cores pack from 64 rows or 16 Mflop on one thread and twice that on more; Zen 4's
+    crossover (and 16 Xeon cores') is later, the same on any thread count, and earlier for float64
+    than for float32."""
     p = analytic.default_params(dataclasses.replace(host, vendor=vendor, cores=cores), dtype)
-    assert (p.direct_m, p.direct_mflops) == limits
-    assert ("_d48m16" in p.name) == (limits == (48, 16))
-    assert ("_d" in p.name) == (limits != (128, 128))  # the usual float32 limits keep the usual names
+    assert (p.direct_m, p.direct_mflops, p.direct_threaded) == limits
+    assert ("_d64m16x2" in p.name) == (limits == (64, 16, 2))
+    assert ("_d" in p.name) == (limits != (128, 128, 1))  # the usual float32 limits keep the usual names
 
 
 @pytest.mark.parametrize("vendor, cores, distance", [

@@ -16,11 +16,15 @@ def test_valid_params_have_a_descriptive_name():
     assert streamed.name == p.name + "_sb" and KernelParams.from_dict(streamed.to_dict()) == streamed
     tight = p.replace(direct_m=48, direct_mflops=16)
     assert tight.name == p.name + "_d48m16" and KernelParams.from_dict(tight.to_dict()) == tight
+    threaded = p.replace(direct_threaded=2)
+    assert threaded.name == p.name + "_d128m128x2" and KernelParams.from_dict(threaded.to_dict()) == threaded
     # a tuned file written before the direct limits and stream_b were parameters reads as the kernel
     # it measured
     old = {k: v for k, v in p.to_dict().items() if not k.startswith("direct_") and k != "stream_b"}
     assert (p.direct_m, p.direct_mflops) == (128, 128)
     assert KernelParams.from_dict(old) == p.replace(direct_m=512, direct_mflops=400)
+    before_threaded = {k: v for k, v in tight.to_dict().items() if k != "direct_threaded"}
+    assert KernelParams.from_dict(before_threaded) == tight  # limits that did not grow with the threads
 
 
 @pytest.mark.parametrize("change, message", [
@@ -47,6 +51,7 @@ def test_valid_params_have_a_descriptive_name():
     (dict(direct_m=-1), "direct_m"),
     (dict(direct_mflops=1.5), "int"),
     (dict(direct_mflops=1 << 21), "direct_mflops"),
+    (dict(direct_threaded=0), "direct_threaded"),
     (dict(dtype="float32); system(\"rm -rf /\""), "dtype"),
     (dict(isa="avx2 */ int x; /*"), "isa"),
 ])

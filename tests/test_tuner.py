@@ -389,7 +389,8 @@ def test_the_path_choice_sends_the_searched_problem_down_that_path(shape, thread
         params = search.params_from_choices(HOST, "float32", {**choices, "path": path}, Problem(*shape))
         paths[path] = api.build(params).path(*shape, threads=threads)
         if path == "default":
-            assert (params.direct_m, params.direct_mflops) == (default.direct_m, default.direct_mflops)
+            assert (params.direct_m, params.direct_mflops, params.direct_threaded) == (
+                default.direct_m, default.direct_mflops, default.direct_threaded)
     assert paths["direct"] == "direct" and paths["packed"] == "packed"
     assert paths["default"] == api.build(default).path(*shape, threads=threads)
 
