@@ -19,6 +19,16 @@ HOST = machine.detect()
 def acc(dtype):
     """C's dtype: the accumulator (float32 for bfloat16 inputs)."""
     return params.accumulator_dtype(dtype)
+
+
+def error_ratio_with_bias(c, a, b, bias, before, beta, dtype):
+    """error_ratio of c against a @ b + bias + beta * before: the bias as one more column of a and
+    one more row of b."""
+    with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((a.shape[0], 1))])
+    with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
+    return error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+
+
 TEMPLATES = [
     pytest.param(isa, dtype, marks=pytest.mark.skipif(not HOST.supports(isa), reason=f"CPU lacks {isa}"))
     for isa in params.ISAS
@@ -114,9 +124,7 @@ def test_a_narrow_last_panel_takes_a_kernel_of_the_vectors_it_needs(isa, dtype, 
                 c[...] = np.nan
             before = np.array(c, np.float64)
             kernel.gemm(a, b, c, beta=beta, bias=bias, threads=1, force_threads=True)
-            with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((m, 1))])
-            with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
-            ratio = error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+            ratio = error_ratio_with_bias(c, a, b, bias, before, beta, dtype)
             assert ratio <= 1, f"{p.name} n={n} {layout_c} beta={beta}: {ratio}"
 
 
@@ -370,9 +378,7 @@ def test_every_parallel_loop_adds_the_bias_once(isa, dtype, variant, rng):
             c[...] = np.nan
         before = np.array(c, np.float64)
         kernel.gemm(a, b, c, beta=beta, bias=bias, threads=2, force_threads=True)
-        with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((m, 1))])
-        with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
-        ratio = error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+        ratio = error_ratio_with_bias(c, a, b, bias, before, beta, dtype)
         assert ratio <= 1, f"{p.name} beta={beta}: {ratio}"
 
 
