@@ -116,14 +116,18 @@ def grid_space(machine: Machine, dtype: str, threads: int) -> dict:
 
 def warm_start(machine: Machine, dtype: str, problem: Problem, threads: int) -> list[dict]:
     """The first trials of a new study: the analytic default, then its nearest neighbours along the
-    axes that most often matter (prefetch, KC, the parallel loop, streaming the shared B), and KC
-    taking all of a short K at once, so C is loaded and stored once rather than once per k block."""
+    axes that most often matter (prefetch, KC, the parallel loop, streaming the shared B), KC
+    taking all of a short K at once, so C is loaded and stored once rather than once per k block,
+    and the default on the other path (direct or packed) where its limits decide the problem."""
     default = choices_from_params(analytic.default_params(machine, dtype), threads)
     changes = [{}, {"prefetch": 8}, {"prefetch_c": not default["prefetch_c"]}, {"kc": 256},
                {"parallel": "jr"}, {"parallel": "jp"}, {"stream_b": not default["stream_b"]}]
     one_pass = [kc for kc in kc_choices(dtype) if kc >= problem.k]
     if one_pass and one_pass[0] > default["kc"]:
         changes.append({"kc": one_pass[0]})
+    limits = analytic.direct_limits(machine, dtype)
+    changes += [{"path": path} for path in ("direct", "packed")
+                if path_limits(machine, dtype, problem, threads, path) != limits]
     trials = [{**default, **change} for change in changes]
     return [t for i, t in enumerate(trials) if t not in trials[:i]]
 

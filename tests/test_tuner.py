@@ -149,6 +149,23 @@ def test_warm_start_tries_all_of_a_short_k_in_one_block(k, one_pass):
     assert len({tuple(sorted(c.items())) for c in first}) == len(first)  # no trial twice
 
 
+@pytest.mark.parametrize("shape, threads, other", [
+    ((100, 100, 100), 1, "packed"), ((2048, 2048, 2048), 2, "direct"), ((4096, 4096, 4096), 1, "direct"),
+    ((100, 1, 100), 1, None)])  # one column: the dot path, which no limit moves
+def test_warm_start_tries_the_default_on_the_other_path(shape, threads, other):
+    """The analytic limits pick a path; the warm start also times the default kernel on the other
+    one, whose limits send the problem there."""
+    problem = Problem(*shape)
+    first = search.warm_start(HOST, "float32", problem, threads)
+    paths = [c["path"] for c in first if c["path"] != "default"]
+    assert paths == ([other] if other else [])
+    for choices in first:
+        params = search.params_from_choices(HOST, "float32", choices, problem)
+        taken = api.build(params).path(*shape, threads=threads)
+        assert taken == (other if choices["path"] != "default" else api.build(
+            analytic.default_params(HOST, "float32")).path(*shape, threads=threads))
+
+
 def test_interrupted_search_resumes_without_losing_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'resume.db'}"
     calls = []
