@@ -21,9 +21,14 @@ def acc(dtype):
     return params.accumulator_dtype(dtype)
 
 
-def error_ratio_with_bias(c, a, b, bias, before, beta, dtype):
-    """error_ratio of c against a @ b + bias + beta * before: the bias as one more column of a and
+def biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads):
+    """c := a @ b + bias + beta * c on `threads` threads forced, C first filled with NaN when beta = 0
+    (it must not be read); the error_ratio against float64, the bias as one more column of a and
     one more row of b."""
+    if beta == 0:
+        c[...] = np.nan
+    before = np.array(c, np.float64)
+    kernel.gemm(a, b, c, beta=beta, bias=bias, threads=threads, force_threads=True)
     with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((a.shape[0], 1))])
     with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
     return error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
@@ -120,11 +125,7 @@ def test_a_narrow_last_panel_takes_a_kernel_of_the_vectors_it_needs(isa, dtype, 
         bias = rng.uniform(-1, 1, n).astype(acc(dtype))
         for layout_c, beta in (("C", 0.0), ("C", -0.5), ("strided", 0.0), ("strided", -0.5)):
             c = random_matrix(rng, (m, n), acc(dtype), layout_c)
-            if beta == 0:
-                c[...] = np.nan
-            before = np.array(c, np.float64)
-            kernel.gemm(a, b, c, beta=beta, bias=bias, threads=1, force_threads=True)
-            ratio = error_ratio_with_bias(c, a, b, bias, before, beta, dtype)
+            ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads=1)
             assert ratio <= 1, f"{p.name} n={n} {layout_c} beta={beta}: {ratio}"
 
 
@@ -374,11 +375,7 @@ def test_every_parallel_loop_adds_the_bias_once(isa, dtype, variant, rng):
     bias = rng.uniform(-1, 1, n).astype(acc(dtype))
     for beta in (0.0, 1.0):
         c = rng.uniform(-1, 1, (m, n)).astype(acc(dtype))
-        if beta == 0:
-            c[...] = np.nan
-        before = np.array(c, np.float64)
-        kernel.gemm(a, b, c, beta=beta, bias=bias, threads=2, force_threads=True)
-        ratio = error_ratio_with_bias(c, a, b, bias, before, beta, dtype)
+        ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads=2)
         assert ratio <= 1, f"{p.name} beta={beta}: {ratio}"
 
 
