@@ -174,9 +174,9 @@ class KernelParams:
         """Kernel name; also its cache key and the label in tuned files."""
         letter = BLAS_LETTER[self.dtype]
         vw = f"_v{self.vw}" if self.isa == "portable" else ""
-        direct = "" if (self.direct_m, self.direct_mflops) == DIRECT_LIMITS else f"_d{self.direct_m}m{self.direct_mflops}"
-        if self.direct_threaded != 1:
-            direct = f"_d{self.direct_m}m{self.direct_mflops}x{self.direct_threaded}"
+        threaded = f"x{self.direct_threaded}" if self.direct_threaded != 1 else ""
+        direct = ("" if (self.direct_m, self.direct_mflops, threaded) == (*DIRECT_LIMITS, "")
+                  else f"_d{self.direct_m}m{self.direct_mflops}{threaded}")
         return (
             f"ag_{letter}gemm_{self.isa}{vw}_{self.mr}x{self.nr}_k{self.ku}"
             f"_mc{self.mc}_kc{self.kc}_nc{self.nc}_{self.parallel}_pf{self.prefetch}{'c' if self.prefetch_c else ''}"
