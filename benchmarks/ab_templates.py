@@ -3,7 +3,9 @@
 On a noisy VM, kernels timed in separate processes drift with the host between runs. Here both
 builds live in one process and their calls alternate (A B B A A B ...), each call timed inside C,
 so drift hits both alike; the figure that counts is the median of the per-pair ratios. `--pause MS`
-sleeps before each call, as a program does between its GEMMs, so that idle helper threads fall asleep.
+sleeps before each turn, as a program does between its GEMMs, so that idle helper threads fall asleep;
+`--burst N` makes each turn N untimed calls and N timed ones, counted by their median (two threads on
+small GEMMs: `--burst 5 --pause 4`, so that neither build's call shares a core with the other's helper).
 
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/ab_templates.py /tmp/before --dtype float32 --shape 2048 --threads 1
@@ -40,9 +42,12 @@ def build_from(checkout: str, params: KernelParams) -> Kernel:
 
 
 def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, seed: int = 0,
-              pause: float = 0.0) -> dict:
-    """GFLOP/s of each call of both kernels, in pairs whose order flips each time, `pause` seconds
-    after the call before."""
+              pause: float = 0.0, burst: int = 1) -> dict:
+    """GFLOP/s of both kernels in pairs of turns whose order flips each time, each turn `pause`
+    seconds after the one before: one timed call, or with `burst` > 1 that many calls untimed and
+    then that many timed, counted by their median. Bursts 3 ms or more apart suit two threads on
+    small GEMMs: each build has its own helper threads, which spin 2 ms after a call, so single
+    calls alternated make one build's call share a core with the other's spinning helper."""
     m, n, k = shape
     a, b, c, _ = bench.operands(Problem(m, n, k), before.params.dtype, np.random.default_rng(seed))
     kernels = {"before": before, "after": after}
@@ -53,8 +58,8 @@ def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, se
         for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
             if pause:
                 time.sleep(pause)
-            seconds = kernels[name].bench(a, b, threads=threads, warmup=0, reps=1, c=c)[0]
-            gflops[name].append(2.0 * m * n * k / seconds * 1e-9)
+            seconds = kernels[name].bench(a, b, threads=threads, warmup=burst if burst > 1 else 0, reps=burst, c=c)
+            gflops[name].append(2.0 * m * n * k / float(np.median(seconds)) * 1e-9)
     ratios = np.array(gflops["after"]) / np.array(gflops["before"])
     return {"kernel": after.params.name, "shape": list(shape), "threads": threads, "pairs": pairs,
             "before": float(np.median(gflops["before"])), "after": float(np.median(gflops["after"])),
@@ -76,7 +81,10 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", default="2048", help="MxNxK, or N for a cube")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=40)
-    parser.add_argument("--pause", type=float, default=0.0, metavar="MS", help="milliseconds between calls")
+    parser.add_argument("--pause", type=float, default=0.0, metavar="MS", help="milliseconds between turns")
+    parser.add_argument("--burst", type=int, default=1, metavar="N",
+                        help="calls a turn times (after as many untimed), by their median; with --pause 3 "
+                             "or more for two threads on small GEMMs")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a kernel parameter other than the analytic default's, as JSON or a bare word "
                              "(kc=768, prefetch_c=true, parallel=2d; repeatable)")
@@ -84,9 +92,9 @@ def main(argv=None) -> int:
     params = analytic.default_params(machine.detect(), args.dtype)
     params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
     result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
-                       args.threads, args.pairs, pause=args.pause * 1e-3)
+                       args.threads, args.pairs, pause=args.pause * 1e-3, burst=args.burst)
     r = result["ratio"]
-    pause = f" {args.pause:g} ms apart" if args.pause else ""
+    pause = (f" bursts of {args.burst}" if args.burst > 1 else "") + (f" {args.pause:g} ms apart" if args.pause else "")
     print(f"{result['kernel']} {args.shape} t{args.threads}{pause}: before {result['before']:.1f}, after "
           f"{result['after']:.1f} GFLOP/s; after/before per pair: median {r['median']:.4f} "
           f"(p20 {r['p20']:.4f}, p80 {r['p80']:.4f}) over {args.pairs} pairs")

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from autogemm import analytic, api, render
 from autogemm.check import error_ratio
@@ -38,3 +39,28 @@ def test_before_is_rendered_from_the_other_checkout_and_both_are_timed(tmp_path,
     result = ab.alternate(before, after, (64, 48, 40), threads=1, pairs=3)
     assert result["pairs"] == 3 and result["before"] > 0 and result["after"] > 0
     assert result["ratio"]["p20"] <= result["ratio"]["median"] <= result["ratio"]["p80"]
+
+
+class _Recording:
+    """A stand-in kernel: records each turn's untimed and timed calls and answers with given seconds."""
+
+    def __init__(self, seconds, params):
+        self.seconds, self.params, self.turns = seconds, params, []
+
+    def bench(self, a, b, *, threads, warmup, reps, c):
+        self.turns.append((warmup, reps))
+        return np.array(self.seconds[:reps])
+
+
+def test_a_burst_turn_times_its_calls_after_as_many_untimed_and_counts_their_median(host):
+    ab = _tool()
+    p = analytic.default_params(host, "float32")
+    before = _Recording([1.0, 9.0, 1.0], p)  # the median hides one slow call
+    after = _Recording([0.5, 0.5, 0.5], p)
+    result = ab.alternate(before, after, (100, 100, 100), threads=2, pairs=4, burst=3, pause=1e-4)
+    assert before.turns[1:] == [(3, 3)] * 4 and after.turns[1:] == [(3, 3)] * 4  # after the first call
+    assert result["before"] == pytest.approx(2e6 / 1.0 * 1e-9) and result["ratio"]["median"] == pytest.approx(2.0)
+    single = _Recording([1.0], p)
+    ab.alternate(single, _Recording([1.0], p), (8, 8, 8), threads=1, pairs=2)
+    assert single.turns[1:] == [(0, 1)] * 2
+
