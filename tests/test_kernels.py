@@ -482,6 +482,26 @@ def test_transposed_b_packs_whole_blocks_of_columns_in_registers(isa, dtype, rng
         assert ratio <= 1, f"{p.name}: {m}x{n}x{k} error ratio {ratio}"
 
 
+@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+def test_transposed_a_packs_strips_of_whole_micro_panels(isa, dtype, rng):
+    """A stored [K x M] (TN, as dout^T in a weight gradient), with a wider leading dimension: blocks
+    of 23 micro-panels are packed in strips of up to 256 bytes a k, the strips' shorter tails and the
+    last partial panel too, over k blocks whose last is odd (bf16 pairs); one and two threads."""
+    p = analytic.default_params(HOST, dtype, isa).replace(kc=64)
+    p = p.replace(mc=23 * p.mr)
+    kernel = api.build(p)
+    n, k = p.nr + 5, 2 * p.kc + 3
+    for m in (p.mr, 23 * p.mr + 1, 2 * 23 * p.mr + 3 * p.mr + 5):
+        stored = random_matrix(rng, (k, m + 9), dtype)
+        a = stored[:, 3:m + 3].T
+        b = random_matrix(rng, (k, n), dtype)
+        for threads in (1, 2):
+            c = np.full((m, n), np.nan, acc(dtype))
+            kernel.gemm(a, b, c, threads=threads, force_threads=True)
+            ratio = error_ratio(c, a, b, dtype=dtype)
+            assert ratio <= 1, f"{p.name}: {m}x{n}x{k} on {threads} threads: error ratio {ratio}"
+
+
 def test_the_float32_fallback_for_bfloat16_rounds_on_every_packing_path(rng):
     """A bfloat16 kernel without vdpbf16ps takes float32 and rounds it while packing, on the paths that
     move whole vectors too (row-major A, transposed B): the product is that of the rounded inputs."""
