@@ -41,6 +41,38 @@ def test_same_bits_as_the_python_path(dtype, layout_a, layout_b, rng):
         np.testing.assert_array_equal(autogemm.matmul(a, b, threads=1), api.matmul(a, b, threads=1))
 
 
+@needs_headers
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout_out", LAYOUTS)
+def test_out_is_written_in_place_by_the_c_entry_point(dtype, layout_out, rng):
+    """out= (keyword or third argument) on any layout is served in C, over NaN, with the bits of the
+    Python path, and is what matmul returns."""
+    module = fastcall.extension()
+    asked = []
+
+    def spy(*args):
+        asked.append(args)
+        return fastcall.choose(*args)
+
+    matmul = module.configure(api.matmul, spy, "doc")
+    try:
+        for (m, n, k), layout_a in zip([(1, 1, 1), (5, 7, 3), (97, 61, 127), (3, 4, 0)], ("C", "T", "negative", "F")):
+            a = random_matrix(rng, (m, k), dtype, layout_a)
+            b = random_matrix(rng, (k, n), dtype)
+            expected = api.matmul(a, b)
+            for call in (lambda o: matmul(a, b, out=o), lambda o: matmul(a, b, o, threads=1)):
+                out = random_matrix(rng, (m, n), dtype, layout_out)
+                out[...] = np.nan
+                asked.clear()
+                assert call(out) is out
+                assert len(asked) == 1, "declined to the Python path"
+                np.testing.assert_array_equal(out, expected)
+                if k:
+                    assert error_ratio(out, a, b, dtype=dtype) <= 1
+    finally:
+        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
+
+
 def test_empty_shapes_and_zero_k():
     for dtype in (np.float32, np.float64):
         assert autogemm.matmul(np.ones((0, 3), dtype), np.ones((3, 4), dtype)).shape == (0, 4)
@@ -57,6 +89,10 @@ def _outcome(call):
         return type(error), str(error)
 
 
+class _Subclass(np.ndarray):
+    """An ndarray subclass, which the C entry point leaves to the Python path."""
+
+
 def test_declined_calls_behave_as_the_python_path(rng):
     f32 = rng.uniform(-1, 1, (4, 5)).astype(np.float32)
     g32 = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
@@ -68,6 +104,14 @@ def test_declined_calls_behave_as_the_python_path(rng):
         ((f32.astype(ml_dtypes.bfloat16), g32.astype(ml_dtypes.bfloat16)), {}),
         ((f32.astype(">f4"), g32), {}),  # byte-swapped
         ((f32, g32), {"out": np.empty((4, 3), np.float32)}),
+        ((f32, g32), {"out": np.empty((4, 3), np.float64)}),  # out of another dtype
+        ((f32, g32), {"out": np.empty((3, 4), np.float32)}),  # of another shape
+        ((f32, g32), {"out": np.empty((4, 3), np.float32)[None]}),  # 3-D
+        ((f32, g32), {"out": np.empty((4, 3), np.float32).view(_Subclass)}),
+        ((f32, g32), {"out": [[0.0] * 3] * 4}),
+        ((f32, g32), {"out": np.broadcast_to(np.empty(3, np.float32), (4, 3))}),  # read-only
+        ((f32, g32), {"out": np.empty((4, 3), ">f4")}),
+        ((f32, g32, np.empty((4, 3), np.float32)), {"out": np.empty((4, 3), np.float32)}),  # out twice
         ((f32, g32), {"threads": 2}),
         ((f32, g32), {"threads": None}),
         ((f32, g32), {"threads": 0}),
@@ -79,12 +123,27 @@ def test_declined_calls_behave_as_the_python_path(rng):
     for args, kwargs in cases:
         fast = _outcome(lambda: autogemm.matmul(*args, **kwargs))
         slow = _outcome(lambda: api.matmul(*args, **kwargs))
+        if fast[0] == "ok" and "out" in kwargs:
+            assert fast[1] is kwargs["out"]
         assert fast[0] == slow[0], (args, kwargs, fast, slow)
         if fast[0] == "ok":
             np.testing.assert_array_equal(fast[1], slow[1])
             assert fast[1].dtype == slow[1].dtype
         else:
             assert fast[1] == slow[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_out_that_shares_memory_with_an_input_gets_the_product(dtype, rng):
+    """out is a itself, b itself, or a view into a: the Python path, which computes into a buffer."""
+    for overlap in ("a", "b", "view of a"):
+        base = rng.uniform(-1, 1, (8, 8)).astype(dtype)
+        other = rng.uniform(-1, 1, (8, 8)).astype(dtype)
+        a, b = (base, other) if overlap != "b" else (other, base)
+        expected = a.astype(np.float64) @ b
+        out = base if overlap != "view of a" else base[::-1]
+        assert autogemm.matmul(a, b, out=out) is out
+        np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-5)
 
 
 @needs_headers
