@@ -22,6 +22,7 @@ int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
     void *seconds);
 int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t rsb,
     ptrdiff_t csb, ptrdiff_t csc, int nthreads);
+int autogemm_{p}gemm_threads(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int nthreads);
 void autogemm_{p}gemm_phases(void *seconds);
 """
 #: The phases a profiling build times, in the order `autogemm_?gemm_phases` reports them.
@@ -258,6 +259,11 @@ class Kernel:
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
         return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride, threads)]
+
+    def threads_used(self, m: int, n: int, k: int, threads: int) -> int:
+        """The threads an m x n x k GEMM takes when `threads` are offered: one a Mflop of work, or
+        a 256 KiB of A and B, at most `threads`."""
+        return getattr(self._lib, f"autogemm_{BLAS_LETTER[self.params.dtype]}gemm_threads")(m, n, k, threads)
 
     def phase_seconds(self) -> dict[str, float]:
         """Seconds spent packing B, packing A and in macro-kernels since the last reading, summed over

@@ -261,6 +261,25 @@ def test_the_direct_limits_grow_on_several_threads():
     assert same.path(65, 3072, 768, threads=2) == "packed" and same.path(256, 256, 256, threads=2) == "packed"
 
 
+def test_a_row_times_a_matrix_takes_a_thread_for_each_256_kib_it_reads(rng):
+    """A GEMV is bound by moving its matrix: threads by the bytes of A and B when they outnumber the
+    Mflops, at most those offered; on two threads the product still matches float64."""
+    kernel = api.build(analytic.default_params(HOST, "float32"))
+    assert kernel.threads_used(1, 768, 768, 2) == 2  # 1.2 Mflop, 2.4 MB
+    assert kernel.threads_used(768, 1, 768, 2) == 2  # a matrix times a column
+    assert kernel.threads_used(1, 768, 768, 16) == 9 and kernel.threads_used(1, 768, 768, 1) == 1
+    assert kernel.threads_used(1, 256, 256, 2) == 1  # 256 KiB
+    assert kernel.threads_used(64, 64, 64, 2) == 1  # 0.5 Mflop, 32 KiB
+    assert kernel.threads_used(100, 100, 100, 2) == 2  # 2 Mflop
+    assert api.build(analytic.default_params(HOST, "float64")).threads_used(1, 512, 512, 16) == 8
+    for m, n, k in [(1, 768, 768), (768, 1, 768), (2, 1000, 300)]:
+        a = random_matrix(rng, (m, k), "float32")
+        b = random_matrix(rng, (k, n), "float32")
+        c = np.full((m, n), np.nan, np.float32)
+        kernel.gemm(a, b, c, threads=2)
+        assert error_ratio(c, a, b, dtype="float32") <= 1, (m, n, k)
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("layout_a, layout_b, layout_c", [
     ("C", "C", "C"), ("F", "rows", "rows"), ("T", "negative-rows", "C"), ("strided", "C", "rows"),
