@@ -1,5 +1,6 @@
 """autogemm.matmul's C entry point: the same answers as the Python path, which takes every call it declines."""
 
+import contextlib
 import pickle
 import sysconfig
 from pathlib import Path
@@ -16,6 +17,22 @@ from conftest import LAYOUTS, random_matrix
 
 HEADERS = Path(sysconfig.get_path("include"), "Python.h").exists()
 needs_headers = pytest.mark.skipif(not HEADERS, reason="no Python.h: the C entry point cannot be built here")
+
+
+@contextlib.contextmanager
+def _spied_matmul():
+    """The C entry point's matmul, with the list of kernel choices it asks Python for."""
+    module = fastcall.extension()
+    asked = []
+
+    def spy(*args):
+        asked.append(args)
+        return fastcall.choose(*args)
+
+    try:
+        yield module.configure(api.matmul, spy, "doc"), asked
+    finally:
+        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
 
 
 @needs_headers
@@ -47,15 +64,7 @@ def test_same_bits_as_the_python_path(dtype, layout_a, layout_b, rng):
 def test_out_is_written_in_place_by_the_c_entry_point(dtype, layout_out, rng):
     """out= (keyword or third argument) on any layout is served in C, over NaN, with the bits of the
     Python path, and is what matmul returns."""
-    module = fastcall.extension()
-    asked = []
-
-    def spy(*args):
-        asked.append(args)
-        return fastcall.choose(*args)
-
-    matmul = module.configure(api.matmul, spy, "doc")
-    try:
+    with _spied_matmul() as (matmul, asked):
         for (m, n, k), layout_a in zip([(1, 1, 1), (5, 7, 3), (97, 61, 127), (3, 4, 0)], ("C", "T", "negative", "F")):
             a = random_matrix(rng, (m, k), dtype, layout_a)
             b = random_matrix(rng, (k, n), dtype)
@@ -69,8 +78,6 @@ def test_out_is_written_in_place_by_the_c_entry_point(dtype, layout_out, rng):
                 np.testing.assert_array_equal(out, expected)
                 if k:
                     assert error_ratio(out, a, b, dtype=dtype) <= 1
-    finally:
-        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
 
 
 def test_empty_shapes_and_zero_k():
@@ -148,15 +155,7 @@ def test_an_out_that_shares_memory_with_an_input_gets_the_product(dtype, rng):
 
 @needs_headers
 def test_kernel_choices_are_cached_and_forgotten_on_request(rng):
-    module = fastcall.extension()
-    asked = []
-
-    def spy(*args):
-        asked.append(args)
-        return fastcall.choose(*args)
-
-    matmul = module.configure(api.matmul, spy, "doc")
-    try:
+    with _spied_matmul() as (matmul, asked):
         a = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
         b = rng.uniform(-1, 1, (3, 7)).astype(np.float32)
         for _ in range(3):
@@ -165,11 +164,9 @@ def test_kernel_choices_are_cached_and_forgotten_on_request(rng):
         matmul(a, b, threads=1)
         matmul(a.astype(np.float64), b.astype(np.float64))
         assert asked[1:] == [("f", 5, 7, 3, 1), ("d", 5, 7, 3, 0)]
-        module.forget()
+        fastcall.extension().forget()
         matmul(a, b)
         assert len(asked) == 4
-    finally:
-        module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
 
 
 @needs_headers
