@@ -1,7 +1,8 @@
-"""autogemm.matmul's common call in C: a CPython extension that hands two 2-D float32 or float64
-arrays straight to the kernel chosen for their shape, so a small product costs about what numpy's
-does. Every other call goes to the Python `api.matmul`, as does everything where the extension
-cannot be built (no compiler or no Python headers): `status()` says which."""
+"""autogemm.matmul's and autogemm.gemm's common calls in C: a CPython extension that hands 2-D
+float32 or float64 arrays straight to the kernel chosen for their shape, so a small product costs
+about what numpy's does. Every other call goes to the Python `api.matmul` or `api.gemm`, as does
+everything where the extension cannot be built (no compiler or no Python headers): `status()` says
+which."""
 
 from __future__ import annotations
 
@@ -22,14 +23,15 @@ _DTYPES = {"f": "float32", "d": "float64"}
 _unavailable: list[str] = []  # why the Python matmul is used, once wrap() has been called
 
 
-def choose(letter: str, m: int, n: int, k: int, threads: int) -> tuple[int, int]:
-    """The kernel `api.matmul` uses for an m x n x k product (threads 0: not given), as the address
-    of its strided entry point and the thread count to call it with."""
+def choose(letter: str, m: int, n: int, k: int, threads: int, layout: str | None = None,
+           beta: float | None = None) -> tuple[int, int]:
+    """The kernel `api.matmul` (or with `layout` and `beta`, `api.gemm`) uses for an m x n x k product
+    (threads 0: not given), as the address of its strided entry point and the thread count to call it with."""
     from . import api
     from .kernel import resolve_threads
 
     wanted = threads or None
-    kernel = api.load(_DTYPES[letter], shape=(m, n, k), threads=wanted)
+    kernel = api.load(_DTYPES[letter], shape=(m, n, k), threads=wanted, layout=layout, beta=beta)
     return kernel.entry_address, resolve_threads(wanted, kernel.default_threads)
 
 
@@ -49,19 +51,21 @@ def extension():
     return module
 
 
-def wrap(python_matmul: Callable) -> Callable:
-    """`python_matmul` behind the C entry point, or `python_matmul` itself where it cannot be built."""
+def wrap(python_matmul: Callable, python_gemm: Callable) -> tuple[Callable, Callable]:
+    """`python_matmul` and `python_gemm` behind the C entry points, or themselves where those cannot
+    be built."""
     _unavailable.clear()
     try:
         module = extension()
     except (toolchain.CompilerNotFound, toolchain.CompileError, OSError, ImportError) as error:
         _unavailable.append(str(error).splitlines()[0])
-        return python_matmul
-    return module.configure(python_matmul, choose, python_matmul.__doc__ or "")
+        return python_matmul, python_gemm
+    matmul = module.configure(python_matmul, choose, python_matmul.__doc__ or "")
+    return matmul, module.configure_gemm(python_gemm, python_gemm.__doc__ or "")
 
 
 def status() -> str:
     """Which matmul serves the common call, for `autogemm info`."""
     if _unavailable:
         return f"Python (the C entry point could not be built: {_unavailable[0]})"
-    return "C entry point (2-D float32/float64 operands), Python for the rest"
+    return "C entry point (2-D float32/float64 operands, matmul and gemm), Python for the rest"

@@ -20,8 +20,8 @@ needs_headers = pytest.mark.skipif(not HEADERS, reason="no Python.h: the C entry
 
 
 @contextlib.contextmanager
-def _spied_matmul():
-    """The C entry point's matmul, with the list of kernel choices it asks Python for."""
+def _spied():
+    """The C entry points' matmul and gemm, with the list of kernel choices they ask Python for."""
     module = fastcall.extension()
     asked = []
 
@@ -30,9 +30,10 @@ def _spied_matmul():
         return fastcall.choose(*args)
 
     try:
-        yield module.configure(api.matmul, spy, "doc"), asked
+        yield module.configure(api.matmul, spy, "doc"), module.configure_gemm(api.gemm, "doc"), asked
     finally:
         module.configure(api.matmul, fastcall.choose, api.matmul.__doc__)
+        module.configure_gemm(api.gemm, api.gemm.__doc__)
 
 
 @needs_headers
@@ -64,7 +65,7 @@ def test_same_bits_as_the_python_path(dtype, layout_a, layout_b, rng):
 def test_out_is_written_in_place_by_the_c_entry_point(dtype, layout_out, rng):
     """out= (keyword or third argument) on any layout is served in C, over NaN, with the bits of the
     Python path, and is what matmul returns."""
-    with _spied_matmul() as (matmul, asked):
+    with _spied() as (matmul, _, asked):
         for (m, n, k), layout_a in zip([(1, 1, 1), (5, 7, 3), (97, 61, 127), (3, 4, 0)], ("C", "T", "negative", "F")):
             a = random_matrix(rng, (m, k), dtype, layout_a)
             b = random_matrix(rng, (k, n), dtype)
@@ -78,6 +79,41 @@ def test_out_is_written_in_place_by_the_c_entry_point(dtype, layout_out, rng):
                 np.testing.assert_array_equal(out, expected)
                 if k:
                     assert error_ratio(out, a, b, dtype=dtype) <= 1
+
+
+@needs_headers
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+def test_gemm_is_served_in_c_with_the_bits_of_the_python_path(dtype, trans_a, trans_b, rng):
+    """gemm's common calls (float alpha and beta, a bias, c on any layout, or none) go to the kernel
+    that api.gemm picks for their layout and beta, and give its bits; beta = 0 never reads c."""
+    assert autogemm.gemm is not api.gemm and autogemm.gemm.__doc__ == api.gemm.__doc__
+    with _spied() as (_, gemm, asked):
+        for (m, n, k), layout_c in zip([(1, 1, 1), (5, 7, 3), (97, 61, 127), (3, 4, 0)], ("C", "strided", "negative", "F")):
+            a = random_matrix(rng, (k, m) if trans_a else (m, k), dtype)
+            b = random_matrix(rng, (n, k) if trans_b else (k, n), dtype, "T")
+            bias = rng.uniform(-1, 1, n).astype(dtype)
+            flags = {"trans_a": trans_a, "trans_b": trans_b}
+            for alpha, beta, with_bias in [(1.0, 0.0, False), (-0.5, 1, True), (2, -0.75, True)]:
+                seed = int(rng.integers(1 << 30))
+                c, twin = (random_matrix(np.random.default_rng(seed), (m, n), dtype, layout_c) for _ in range(2))
+                if beta == 0:
+                    c[...] = twin[...] = np.nan
+                given = {"alpha": alpha, "beta": beta, "bias": bias if with_bias else None, **flags}
+                op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+                exact = alpha * (op_a.astype(np.float64) @ op_b) + (bias if with_bias else 0)
+                scale = abs(alpha) * (np.abs(op_a.astype(np.float64)) @ np.abs(op_b)) + (np.abs(bias) if with_bias else 0)
+                if beta:
+                    exact, scale = exact + beta * np.array(c, np.float64), scale + abs(beta) * np.abs(c)
+                asked.clear()
+                fastcall.extension().forget()  # so that a call served in C asks for its kernel
+                assert gemm(a, b, c, **given) is c
+                assert [ask[5:] for ask in asked] == [("tn"[not trans_a] + "tn"[not trans_b], 1.0 if beta else 0.0)]
+                np.testing.assert_array_equal(c, api.gemm(a, b, twin, **given))
+                assert np.all(np.abs(c - exact) <= 8 * np.sqrt(k + 2) * np.finfo(dtype).eps * scale + 1e-30)
+            fresh = gemm(a, b, alpha=2.0, **flags)
+            assert fresh.shape == (m, n) and fresh.flags.c_contiguous
+            np.testing.assert_array_equal(fresh, api.gemm(a, b, alpha=2.0, **flags))
 
 
 def test_empty_shapes_and_zero_k():
@@ -153,9 +189,51 @@ def test_an_out_that_shares_memory_with_an_input_gets_the_product(dtype, rng):
         np.testing.assert_allclose(out, expected, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-5)
 
 
+def test_declined_gemm_calls_behave_as_the_python_path(rng):
+    """What the C gemm leaves to api.gemm: the same answers and the same errors, c written alike."""
+    x = rng.uniform(-1, 1, (4, 5)).astype(np.float32)
+    w = rng.uniform(-1, 1, (3, 5)).astype(np.float32)
+    bias = rng.uniform(-1, 1, 3).astype(np.float32)
+    c = rng.uniform(-1, 1, (4, 3)).astype(np.float32)
+    cases = [
+        ((x, w), {"trans_b": True, "beta": 1.0}),  # beta without c
+        ((x, w, c), {"trans_b": True, "beta": 0.5, "bias": bias[:2]}),  # a bias of the wrong length
+        ((x, w, c), {"trans_b": True, "bias": bias.astype(np.float64)}),  # of another dtype
+        ((x, w, c), {"trans_b": True, "bias": np.repeat(bias, 2)[::2]}),  # strided
+        ((x, w, c), {"trans_b": True, "alpha": np.float32(0.5)}),  # a numpy scalar
+        ((x, w, c), {"trans_b": 1}),  # an int flag
+        ((x, w, c), {"trans_b": True, "compute": "bf16"}),
+        ((x, w, c), {"trans_b": True, "out_dtype": "float32"}),
+        ((x, w, c.astype(np.float64)), {"trans_b": True}),  # c of another dtype
+        ((x, w, c[:, :2]), {"trans_b": True}),  # of another shape
+        ((x, w.astype(np.float64), c), {"trans_b": True}),  # mixed operands
+        ((x[0], w), {"trans_b": True}),  # 1-D
+        ((x, w, c), {"trans_b": True, "c": c}),  # c twice
+        ((x, w, c), {"trans_b": True, "gamma": 1.0}),  # an unknown keyword
+        ((x, w), {"trans_b": True, "threads": 0}),
+    ]
+    for args, kwargs in cases:
+        outcomes = []
+        for gemm in (autogemm.gemm, api.gemm):
+            fresh = [a.copy() if a is c else a for a in args]
+            outcomes.append((_outcome(lambda: gemm(*fresh, **kwargs)), fresh))
+        (fast, fast_args), (slow, slow_args) = outcomes
+        assert fast[0] == slow[0], (kwargs, fast, slow)
+        if fast[0] == "ok":
+            np.testing.assert_array_equal(fast[1], slow[1])
+        else:
+            assert fast[1] == slow[1]
+        for f, s_ in zip(fast_args, slow_args):
+            np.testing.assert_array_equal(f, s_)
+    square = rng.uniform(-1, 1, (6, 6))
+    expected = square @ square.T
+    assert autogemm.gemm(square, square, square, trans_b=True) is square  # c is both operands
+    np.testing.assert_allclose(square, expected, rtol=1e-12)
+
+
 @needs_headers
 def test_kernel_choices_are_cached_and_forgotten_on_request(rng):
-    with _spied_matmul() as (matmul, asked):
+    with _spied() as (matmul, _, asked):
         a = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
         b = rng.uniform(-1, 1, (3, 7)).astype(np.float32)
         for _ in range(3):
@@ -194,9 +272,9 @@ def test_without_a_compiler_matmul_is_the_python_one(monkeypatch):
 
     monkeypatch.setattr(fastcall, "extension", unbuildable)
     try:
-        assert fastcall.wrap(api.matmul) is api.matmul
+        assert fastcall.wrap(api.matmul, api.gemm) == (api.matmul, api.gemm)
         assert fastcall.status() == "Python (the C entry point could not be built: autogemm needs a C compiler)"
     finally:
         monkeypatch.undo()
-        fastcall.wrap(api.matmul)
+        fastcall.wrap(api.matmul, api.gemm)
     assert fastcall.status().startswith("C entry point") == HEADERS
