@@ -42,26 +42,29 @@ def build_from(checkout: str, params: KernelParams) -> Kernel:
 
 
 def alternate(before: Kernel, after: Kernel, shape, threads: int, pairs: int, seed: int = 0,
-              pause: float = 0.0, burst: int = 1) -> dict:
+              pause: float = 0.0, burst: int = 1, layout: str = "nn") -> dict:
     """GFLOP/s of both kernels in pairs of turns whose order flips each time, each turn `pause`
     seconds after the one before: one timed call, or with `burst` > 1 that many calls untimed and
     then that many timed, counted by their median. Bursts 3 ms or more apart suit two threads on
     small GEMMs: each build has its own helper threads, which spin 2 ms after a call, so single
-    calls alternated make one build's call share a core with the other's spinning helper."""
+    calls alternated make one build's call share a core with the other's spinning helper. `layout`
+    "tn" stores A as k x m and multiplies its transpose, "nt" likewise B, "tt" both."""
     m, n, k = shape
-    a, b, c, _ = bench.operands(Problem(m, n, k), before.params.dtype, np.random.default_rng(seed))
+    trans = {"trans_a": layout[0] == "t", "trans_b": layout[1] == "t"}
+    a, b, c, _ = bench.operands(Problem(m, n, k, **trans), before.params.dtype, np.random.default_rng(seed))
     kernels = {"before": before, "after": after}
     for kernel in kernels.values():
-        kernel.bench(a, b, threads=threads, warmup=1, reps=1, c=c)
+        kernel.bench(a, b, threads=threads, warmup=1, reps=1, c=c, **trans)
     gflops = {name: [] for name in kernels}
     for i in range(pairs):
         for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
             if pause:
                 time.sleep(pause)
-            seconds = kernels[name].bench(a, b, threads=threads, warmup=burst if burst > 1 else 0, reps=burst, c=c)
+            seconds = kernels[name].bench(a, b, threads=threads, warmup=burst if burst > 1 else 0, reps=burst, c=c,
+                                          **trans)
             gflops[name].append(2.0 * m * n * k / float(np.median(seconds)) * 1e-9)
     ratios = np.array(gflops["after"]) / np.array(gflops["before"])
-    return {"kernel": after.params.name, "shape": list(shape), "threads": threads, "pairs": pairs,
+    return {"kernel": after.params.name, "shape": list(shape), "layout": layout, "threads": threads, "pairs": pairs,
             "before": float(np.median(gflops["before"])), "after": float(np.median(gflops["after"])),
             "ratio": bench.stats(list(ratios))}
 
@@ -79,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("before", help="a checkout (git worktree) holding the templates to compare against")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"))
     parser.add_argument("--shape", default="2048", help="MxNxK, or N for a cube")
+    parser.add_argument("--layout", default="nn", choices=("nn", "nt", "tn", "tt"),
+                        help="t: that operand stored transposed (tn: A^T, as dout^T in a weight gradient)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--pause", type=float, default=0.0, metavar="MS", help="milliseconds between turns")
@@ -92,10 +97,10 @@ def main(argv=None) -> int:
     params = analytic.default_params(machine.detect(), args.dtype)
     params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
     result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
-                       args.threads, args.pairs, pause=args.pause * 1e-3, burst=args.burst)
+                       args.threads, args.pairs, pause=args.pause * 1e-3, burst=args.burst, layout=args.layout)
     r = result["ratio"]
     pause = (f" bursts of {args.burst}" if args.burst > 1 else "") + (f" {args.pause:g} ms apart" if args.pause else "")
-    print(f"{result['kernel']} {args.shape} t{args.threads}{pause}: before {result['before']:.1f}, after "
+    print(f"{result['kernel']} {args.shape} {args.layout} t{args.threads}{pause}: before {result['before']:.1f}, after "
           f"{result['after']:.1f} GFLOP/s; after/before per pair: median {r['median']:.4f} "
           f"(p20 {r['p20']:.4f}, p80 {r['p80']:.4f}) over {args.pairs} pairs")
     return 0

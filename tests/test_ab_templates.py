@@ -47,8 +47,9 @@ class _Recording:
     def __init__(self, seconds, params):
         self.seconds, self.params, self.turns = seconds, params, []
 
-    def bench(self, a, b, *, threads, warmup, reps, c):
+    def bench(self, a, b, *, threads, warmup, reps, c, trans_a=False, trans_b=False):
         self.turns.append((warmup, reps))
+        self.operands = (a.shape, b.shape, trans_a, trans_b)
         return np.array(self.seconds[:reps])
 
 
@@ -64,3 +65,13 @@ def test_a_burst_turn_times_its_calls_after_as_many_untimed_and_counts_their_med
     ab.alternate(single, _Recording([1.0], p), (8, 8, 8), threads=1, pairs=2)
     assert single.turns[1:] == [(0, 1)] * 2
 
+
+
+def test_a_layout_stores_its_transposed_operands_and_says_so(host):
+    ab = _tool()
+    p = analytic.default_params(host, "float32")
+    for layout, operands in [("nn", ((7, 5), (5, 3), False, False)), ("tn", ((5, 7), (5, 3), True, False)),
+                             ("nt", ((7, 5), (3, 5), False, True)), ("tt", ((5, 7), (3, 5), True, True))]:
+        before, after = _Recording([1.0], p), _Recording([1.0], p)
+        ab.alternate(before, after, (7, 3, 5), threads=1, pairs=2, layout=layout)
+        assert before.operands == after.operands == operands, layout
