@@ -51,10 +51,10 @@ def main() -> None:
                 a, b = operands(rng, shape, layout, args.dtype)
                 out = np.empty(shape[:2], args.dtype)
                 calls = max(3, int(2e7 / (2 * np.prod(shape) + 2e4)))  # about 20 ms of numpy a turn
+                ours = lambda: autogemm.matmul(a, b, out=out, threads=args.threads)  # noqa: E731
+                theirs = lambda: np.matmul(a, b, out=out)  # noqa: E731
                 ratios = []
                 for turn in range(args.rounds):
-                    ours = lambda: autogemm.matmul(a, b, out=out, threads=args.threads)  # noqa: E731
-                    theirs = lambda: np.matmul(a, b, out=out)  # noqa: E731
                     if turn % 2:
                         theirs_s, ours_s = seconds_per_call(theirs, calls), seconds_per_call(ours, calls)
                     else:
