@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from .machine import X86_ARCHS, Machine
-from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, KernelParams, accumulator_dtype,
-                     itemsize, k_per_element, packed_itemsize, registers_needed, vector_widths)
+from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, TILE_ISAS, TILE_K, TILE_ROWS,
+                     KernelParams, accumulator_dtype, itemsize, k_per_element, packed_itemsize, registers_needed,
+                     vector_widths)
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
@@ -59,7 +60,8 @@ def cache_blocks(machine: Machine, mr: int, nr: int, dtype: str, isa: str) -> tu
     size, pair = packed_itemsize(dtype, isa), k_per_element(isa)
     l2, l3 = machine.caches[2], machine.caches[3]
     kc = l2.size // 4 // (nr * size)
-    kc = max(64, min(384 * pair, kc // 16 * 16))
+    step = TILE_K if isa in TILE_ISAS else 16
+    kc = max(64, min(384 * pair, kc // step * step))
     ways_a = max(1, l2.ways - 2)
     mc = ways_a * l2.sets * l2.line // 2 // (kc * size)
     mc = max(mr, min(4096, mc) // mr * mr)
@@ -72,7 +74,10 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     """The analytic default kernel for `machine`, on its best ISA unless `isa` is given."""
     isa = isa or machine.best_isa_for(dtype)
     vw = portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype))
-    mr, nr = register_tile(register_budget(machine, isa), vw)
+    if isa in TILE_ISAS:  # 2 x 2 tiles of C, 2 of A and 2 of B: the most products per tile loaded
+        mr, nr = 2 * TILE_ROWS, 2 * vw
+    else:
+        mr, nr = register_tile(register_budget(machine, isa), vw)
     mc, kc, nc = cache_blocks(machine, mr, nr, dtype, isa)
     ku = 4 if 4 in KU_CHOICES else KU_CHOICES[-1]
     direct_m, direct_mflops, direct_threaded = direct_limits(machine, dtype)

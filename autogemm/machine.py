@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import platform
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +65,12 @@ class Machine:
         return self.isas[0]
 
     def isas_for(self, dtype: str) -> tuple[str, ...]:
-        """ISAs that can compute `dtype`, best first: bfloat16 adds vdpbf16ps where the CPU has it,
-        and otherwise runs on the float32 kernels, widening while it packs."""
+        """ISAs that can compute `dtype`, best first: bfloat16 adds AMX tiles (tdpbf16ps) where the CPU
+        has them and the OS lets this process use them, and vdpbf16ps where the CPU has it, and
+        otherwise runs on the float32 kernels, widening while it packs."""
         if dtype == "bfloat16" and "avx512_bf16" in self.features and "avx512f" in self.features:
-            return ("avx512bf16",) + self.isas
+            amx = ("amxbf16",) if {"amx_bf16", "amx_tile"} <= self.features and amx_permitted() else ()
+            return amx + ("avx512bf16",) + self.isas
         return self.isas
 
     def best_isa_for(self, dtype: str) -> str:
@@ -97,6 +101,24 @@ class Machine:
             "caches": {f"L{level}": c.size for level, c in sorted(self.caches.items())},
             "compiler": self.compiler.describe(),
         }
+
+
+#: Linux x86-64: arch_prctl's system call number, its request for permission to use an extended state
+#: component, and AMX tile data's component number (Documentation/arch/x86/xstate.rst).
+_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
+
+
+@functools.lru_cache(maxsize=1)
+def amx_permitted() -> bool:
+    """Whether Linux lets this process use AMX tile data, asking once (from 5.16 a process must ask;
+    the permission then holds for all its threads, and the kernels ask again themselves)."""
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,9 +9,15 @@ import ml_dtypes
 import numpy as np
 
 DTYPES = ("float32", "float64", "bfloat16")
-ISAS = ("avx512bf16", "avx512", "avx2", "portable")
-#: ISAs that only bfloat16 kernels use: they multiply pairs of k (vdpbf16ps), so packing interleaves pairs.
-PAIRED_ISAS = ("avx512bf16",)
+ISAS = ("amxbf16", "avx512bf16", "avx512", "avx2", "portable")
+#: ISAs that only bfloat16 kernels use: they multiply pairs of k (vdpbf16ps, tdpbf16ps), so packing
+#: interleaves pairs.
+PAIRED_ISAS = ("amxbf16", "avx512bf16")
+#: ISAs whose accumulators are AMX tiles, not vector registers: a tile holds 16 rows of C (16 float32
+#: each), of A (32 values of k each) or of B (16 pairs of k, each pair for 16 columns), so MR and NR are
+#: multiples of 16 and KC of 32 (see templates/ukernel/amxbf16.c.j2).
+TILE_ISAS = ("amxbf16",)
+TILE_ROWS, TILE_K = 16, 32
 PARALLEL_LOOPS = ("ic", "jr", "2d", "jp")
 KU_CHOICES = (1, 2, 4, 8)
 #: Rows, and million flops per thread, up to which the direct path skips packing, unless a kernel says
@@ -29,8 +35,8 @@ RECORDED_DIRECT_LIMITS = (512, 400)
 
 #: Vector registers each ISA's register file holds. The portable template targets whatever the
 #: compiler lowers it to; 32 matches AArch64 NEON/SVE and AVX-512, the widest common case.
-REGISTER_BUDGET = {"avx512bf16": 32, "avx512": 32, "avx2": 16, "portable": 32}
-_VECTOR_BYTES = {"avx512bf16": (64,), "avx512": (64,), "avx2": (32,), "portable": (16, 32, 64)}
+REGISTER_BUDGET = {"amxbf16": 8, "avx512bf16": 32, "avx512": 32, "avx2": 16, "portable": 32}
+_VECTOR_BYTES = {"amxbf16": (64,), "avx512bf16": (64,), "avx512": (64,), "avx2": (32,), "portable": (16, 32, 64)}
 #: The BLAS-style prefix letter of each dtype's routines: sgemm, dgemm, bgemm.
 BLAS_LETTER = {"float32": "s", "float64": "d", "bfloat16": "b"}
 _ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2}
@@ -83,9 +89,13 @@ def vector_widths(isa: str, dtype: str) -> tuple[int, ...]:
     return tuple(b // itemsize(accumulator_dtype(dtype)) for b in _VECTOR_BYTES[isa])
 
 
-def registers_needed(mr: int, nr: int, vw: int) -> int:
-    """Accumulators (MR x NR/VW), one register per B vector, one A broadcast."""
+def registers_needed(mr: int, nr: int, vw: int, isa: str = "avx512") -> int:
+    """Accumulators (MR x NR/VW), one register per B vector, one A broadcast; on a tile ISA, tiles of
+    C (MR/16 x NR/16), of A (MR/16) and of B (NR/16)."""
     nv = nr // vw
+    if isa in TILE_ISAS:
+        rows = -(-mr // TILE_ROWS)
+        return rows * nv + rows + nv
     return mr * nv + nv + 1
 
 
@@ -159,14 +169,18 @@ class KernelParams:
             raise InvalidParams(f"mc={self.mc} must be a multiple of mr={self.mr}")
         if self.kc % k_per_element(self.isa):
             raise InvalidParams(f"kc={self.kc} must be even: {self.isa} multiplies pairs of k")
+        if self.isa in TILE_ISAS and (self.mr % TILE_ROWS or self.kc % TILE_K):
+            raise InvalidParams(f"{self.isa} takes tiles of {TILE_ROWS} rows and {TILE_K} values of k: "
+                                f"mr={self.mr} and kc={self.kc} must be multiples of them")
         if self.stream_b and self.dtype not in STREAMING_DTYPES:
             raise InvalidParams(f"stream_b applies to {' and '.join(STREAMING_DTYPES)} kernels, not {self.dtype}")
         if self.nc % self.nr:
             raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
-        need, have = registers_needed(self.mr, self.nr, self.vw), REGISTER_BUDGET[self.isa]
+        need, have = registers_needed(self.mr, self.nr, self.vw, self.isa), REGISTER_BUDGET[self.isa]
         if need > have:
+            kind = "tile" if self.isa in TILE_ISAS else "vector"
             raise InvalidParams(
-                f"a {self.mr}x{self.nr} tile needs {need} vector registers; {self.isa} has {have}"
+                f"a {self.mr}x{self.nr} tile needs {need} {kind} registers; {self.isa} has {have}"
             )
 
     @property

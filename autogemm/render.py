@@ -15,7 +15,7 @@ from .params import (BLAS_LETTER, DIRECT_B_ELEMENTS, KernelParams, accumulator_d
 
 #: FMA chains in the peak microbenchmark: enough to hide latency x pipes on current cores,
 #: few enough to stay in registers with the two constant operands.
-PEAK_CHAINS = {"avx512bf16": 24, "avx512": 24, "avx2": 12, "portable": 12}
+PEAK_CHAINS = {"amxbf16": 4, "avx512bf16": 24, "avx512": 24, "avx2": 12, "portable": 12}
 
 
 def templates_dir() -> Path:

@@ -13,8 +13,8 @@ import platformdirs
 from . import analytic, render
 from .evaluate import OK, Request, Result
 from .machine import Machine
-from .params import (DIRECT_B_ELEMENTS, KU_CHOICES, PARALLEL_LOOPS, STREAMING_DTYPES, InvalidParams, KernelParams,
-                     vector_widths)
+from .params import (DIRECT_B_ELEMENTS, KU_CHOICES, PARALLEL_LOOPS, STREAMING_DTYPES, TILE_ISAS, TILE_ROWS,
+                     InvalidParams, KernelParams, registers_needed, vector_widths)
 from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -83,7 +83,9 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Pr
     isa = choices["isa"]
     vw = (analytic.portable_vector_width(machine, dtype) if isa == "portable" else max(vector_widths(isa, dtype)))
     mr, nr = choices["mr"], choices["nv"] * vw
-    if mr * choices["nv"] + choices["nv"] + 1 > analytic.register_budget(machine, isa):
+    if isa in TILE_ISAS:  # MR is one tile of rows or two: the choice's lower half picks one
+        mr = TILE_ROWS * (1 + (mr > MAX_MR // 2))
+    if registers_needed(mr, nr, vw, isa) > analytic.register_budget(machine, isa):
         raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
     direct_m, direct_mflops, direct_threaded = (
         analytic.direct_limits(machine, dtype) if problem is None else
@@ -99,7 +101,8 @@ def choices_from_params(p: KernelParams, threads: int) -> dict:
     """The search choices that reproduce `p` (used to enqueue the analytic default)."""
     def nearest(options, value):
         return min(options, key=lambda o: abs(math.log(o / value)))
-    return {"isa": p.isa, "mr": p.mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
+    mr = (MAX_MR if p.mr > TILE_ROWS else MAX_MR // 2) if p.isa in TILE_ISAS else p.mr
+    return {"isa": p.isa, "mr": mr, "nv": p.nr // p.vw, "ku": p.ku, "kc": nearest(kc_choices(p.dtype), p.kc),
             "mc": nearest(MC_CHOICES, p.mc), "nc": nearest(NC_CHOICES, p.nc), "parallel": p.parallel,
             "prefetch": p.prefetch, "prefetch_c": p.prefetch_c, "stream_b": p.stream_b, "threads": threads,
             "path": "default"}

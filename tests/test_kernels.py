@@ -40,6 +40,9 @@ TEMPLATES = [
     for dtype in params.DTYPES
     if isa not in params.PAIRED_ISAS or dtype == "bfloat16"
 ]
+#: The templates whose accumulators are vector registers (not AMX tiles): narrow-panel kernels and
+#: packing by in-register transposes are theirs.
+VECTOR_TEMPLATES = [t for t in TEMPLATES if t.values[0] not in params.TILE_ISAS]
 
 
 def param_grid(isa, dtype):
@@ -48,13 +51,18 @@ def param_grid(isa, dtype):
     a shared B block packed with and without non-temporal stores."""
     base = analytic.default_params(HOST, dtype, isa)
     vw = base.vw
-    tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
+    if isa in params.TILE_ISAS:  # the smallest tiles: one of A's rows, k blocks of one tile
+        tiny = dict(mr=params.TILE_ROWS, nr=2 * vw, mc=2 * params.TILE_ROWS, kc=params.TILE_K, nc=4 * vw)
+        short_kc = params.TILE_K
+    else:
+        tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
+        short_kc = 8 if isa in params.PAIRED_ISAS else 7
     streams = dtype in params.STREAMING_DTYPES
     return [
         base,
         base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True, stream_b=streams),
         base.replace(**tiny, ku=8, parallel="jr", stream_b=streams),
-        base.replace(ku=1, mc=2 * base.mr, kc=8 if isa in params.PAIRED_ISAS else 7,
+        base.replace(ku=1, mc=2 * base.mr, kc=short_kc,
                      nc=2 * base.nr, parallel="jr", prefetch=1, stream_b=False),
         base.replace(**tiny, ku=2, parallel="2d", prefetch_c=True, stream_b=False),
         base.replace(**tiny, ku=4, parallel="jp", prefetch=1),
@@ -107,7 +115,7 @@ def test_layouts_alpha_beta(isa, dtype, layout_a, layout_b, layout_c, variant, r
 
 
 
-@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("isa, dtype", VECTOR_TEMPLATES)
 def test_a_narrow_last_panel_takes_a_kernel_of_the_vectors_it_needs(isa, dtype, rng):
     """Four vectors a row: the last panel of 1 to 3 vectors, whole or not, takes ukernel_n1..n3; each
     one matches float64 on row-major C (stores from registers when whole) and on strided C, with a
@@ -129,7 +137,7 @@ def test_a_narrow_last_panel_takes_a_kernel_of_the_vectors_it_needs(isa, dtype, 
             assert ratio <= 1, f"{p.name} n={n} {layout_c} beta={beta}: {ratio}"
 
 
-@pytest.mark.parametrize("isa, dtype", TEMPLATES)
+@pytest.mark.parametrize("isa, dtype", VECTOR_TEMPLATES)
 @pytest.mark.parametrize("mr", [1, 5, 7, 8])
 def test_row_major_a_packs_in_vector_blocks_at_every_mr(isa, dtype, mr, rng):
     """Row-major A is packed a vector of k at a time by in-register transposes (AVX-512, MR <= 8):
