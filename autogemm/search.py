@@ -19,8 +19,8 @@ from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 KC_CHOICES = (64, 96, 128, 160, 192, 256, 320, 384, 512, 768)
-#: bfloat16 packs two bytes per k on vdpbf16ps, so its useful KC reach twice as far.
-KC_CHOICES_BF16 = (128, 192, 256, 384, 512, 768, 1024, 1536)
+#: bfloat16 packs two bytes per k, so its useful KC reach twice as far, and AMX tiles further (MAX_TILE_KC).
+KC_CHOICES_BF16 = (128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
 MC_CHOICES = (48, 96, 192, 288, 384, 576, 768, 1024, 1536)
 NC_CHOICES = (512, 1024, 2048, 4096, 8192)
 PREFETCH_CHOICES = (0, 2, 4, 8, 16)
