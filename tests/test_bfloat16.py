@@ -1,5 +1,5 @@
-"""bfloat16: exact products summed in float32, float32 callers rounded while packing, and the
-fallback that widens bf16 on CPUs without vdpbf16ps. Kernel-level edge sizes, layouts, threads
+"""bfloat16: exact products summed in float32, float32 callers rounded while packing, AMX tiles
+where the CPU and OS allow them, and the fallback that widens bf16 on CPUs without vdpbf16ps. Kernel-level edge sizes, layouts, threads
 and NaN/Inf for every bf16 ISA are in test_kernels.py."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import autogemm
-from autogemm import analytic, api, machine, params
+from autogemm import analytic, api, machine, params, search
 from autogemm.check import error_ratio
 
 BF16 = ml_dtypes.bfloat16
@@ -163,6 +163,64 @@ def test_paired_isa_is_bfloat16_only_and_needs_an_even_kc():
         params.KernelParams("bfloat16", "avx512bf16", mr=6, nr=64, vw=16, ku=4, mc=96, kc=255, nc=4096)
     p = params.KernelParams("bfloat16", "avx512bf16", mr=6, nr=64, vw=16, ku=4, mc=96, kc=768, nc=4096)
     assert p.name.startswith("ag_bgemm_avx512bf16_6x64")
+
+
+def test_amx_is_offered_only_with_both_flags_and_the_os_permission(monkeypatch):
+    vector_bf16 = frozenset({"avx512f", "avx512_bf16", "avx2", "fma"})
+    with_amx = dataclasses.replace(HOST, features=vector_bf16 | {"amx_bf16", "amx_tile"})
+    monkeypatch.setattr(machine, "amx_permitted", lambda: True)
+    assert with_amx.isas_for("bfloat16")[:2] == ("amxbf16", "avx512bf16")
+    assert "amxbf16" not in with_amx.isas_for("float32") and with_amx.best_isa == "avx512"
+    default = analytic.default_params(with_amx, "bfloat16")
+    assert (default.isa, default.mr, default.nr) == ("amxbf16", 32, 32)
+    assert default.kc % params.TILE_K == 0 and default.mc % default.mr == 0
+    assert "amxbf16" not in dataclasses.replace(HOST, features=vector_bf16 | {"amx_tile"}).isas_for("bfloat16")
+    monkeypatch.setattr(machine, "amx_permitted", lambda: False)
+    assert with_amx.isas_for("bfloat16")[0] == "avx512bf16"
+
+
+def test_tile_params_take_whole_tiles_and_at_most_eight_of_them():
+    p = params.KernelParams("bfloat16", "amxbf16", mr=32, nr=32, vw=16, ku=4, mc=128, kc=2048, nc=4096)
+    assert p.name.startswith("ag_bgemm_amxbf16_32x32")
+    assert params.registers_needed(32, 32, 16, "amxbf16") == 4 + 2 + 2
+    assert params.registers_needed(16, 48, 16, "amxbf16") == 3 + 1 + 3
+    for bad, match in [(dict(mr=24, mc=96), "multiples"), (dict(kc=48), "multiples"),
+                       (dict(nr=48, nc=4080), "tile registers"), (dict(mr=16, nr=64), "tile registers")]:
+        with pytest.raises(params.InvalidParams, match=match):
+            p.replace(**bad)
+    with pytest.raises(params.InvalidParams, match="bfloat16 only"):
+        p.replace(dtype="float32")
+
+
+def test_the_search_maps_its_row_choice_onto_one_or_two_tiles(monkeypatch):
+    monkeypatch.setattr(machine, "amx_permitted", lambda: True)
+    host = dataclasses.replace(HOST, features=frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}))
+    default = analytic.default_params(host, "bfloat16")
+    choices = search.choices_from_params(default, 1)
+    assert search.params_from_choices(host, "bfloat16", choices) == default.replace(
+        kc=choices["kc"], mc=search._round_to(choices["mc"], default.mr), nc=choices["nc"])
+    assert search.params_from_choices(host, "bfloat16", {**choices, "mr": 1, "nv": 3}).mr == 16
+    with pytest.raises(params.InvalidParams, match="register budget"):
+        search.params_from_choices(host, "bfloat16", {**choices, "mr": search.MAX_MR, "nv": 3})
+
+
+@pytest.mark.skipif(not HOST.supports("amxbf16"), reason="CPU or OS lacks AMX-BF16")
+@pytest.mark.parametrize("source", ["bfloat16", "float32"])
+def test_amx_k_padding_reads_zeros_whatever_the_workspace_held(source, rng):
+    """k is padded to whole tiles of 32 in both packed operands: after a GEMM of NaN has filled the
+    packing buffers, k = 1, 33, 47 and 63 (every k block's last tile partial) still match float64,
+    row-major and with A and B transposed, whole tiles of C and edges."""
+    kernel = api.build(analytic.default_params(HOST, "bfloat16", "amxbf16").replace(kc=64, mc=64))
+    dtype = BF16 if source == "bfloat16" else np.float32
+    m, n = 70, 45
+    poison = np.full((m, 128), np.nan, dtype)
+    for k in (1, 33, 47, 63, 64 + 33):
+        kernel.gemm(poison, np.full((128, n), np.nan, dtype), np.zeros((m, n), np.float32))
+        for a, b in [(rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)),
+                     (rng.standard_normal((k, m)).astype(dtype).T, rng.standard_normal((n, k)).astype(dtype).T)]:
+            c = np.full((m, n), np.nan, np.float32)
+            kernel.gemm(a, b, c)
+            assert error_ratio(c, a.astype(BF16), b.astype(BF16), dtype="bfloat16") <= 1, (source, k)
 
 
 def test_unsupported_dtypes_and_compute_values_are_refused():
