@@ -178,15 +178,22 @@ def test_bench_times_the_tuned_entry_of_what_it_times(tmp_path):
 
 def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
     """`--torch` adds PyTorch's float32 matmul to the interleaved run (here a stand-in with numpy's
-    matmul, so the test needs no PyTorch): a torch row, and every row's ratio against it."""
+    matmul, so the test needs no PyTorch): a torch row, and every row's ratio against it. The
+    operands are copied into torch's own memory first (clone), as a torch user's tensors are."""
     import types
 
     import numpy as np
 
     from autogemm import bench
 
-    calls = []
-    fake = types.SimpleNamespace(__version__="0.0-test", from_numpy=lambda x: x,
+    calls, clones = [], []
+
+    class Tensor(np.ndarray):
+        def clone(self):
+            clones.append(self.shape)
+            return np.array(self).view(Tensor)
+
+    fake = types.SimpleNamespace(__version__="0.0-test", from_numpy=lambda x: x.view(Tensor),
                                  set_num_threads=lambda n: calls.append(n),
                                  matmul=lambda a, b: np.matmul(a, b))
     monkeypatch.setattr(bench, "torch_module", lambda: fake)
@@ -194,6 +201,7 @@ def test_bench_torch_times_pytorch_float32_beside_numpy(tmp_path, monkeypatch):
     assert main(["bench", "--shape", "96x64x80", "--threads", "1", "--rounds", "1", "--torch", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["torch"] == "torch 0.0-test" and calls and set(calls) == {1}
+    assert clones and set(clones) == {(96, 80), (80, 64)}
     rows = {row["impl"]: row for row in report["rows"]}
     assert {"default", "numpy", "torch"} <= set(rows)
     assert rows["torch"]["vs_torch"] == 1.0
