@@ -70,6 +70,19 @@ def test_float32_inputs_round_to_nearest_even_like_ml_dtypes():
     np.testing.assert_array_equal(got[finite], expected[finite])  # -0.0 * 1 sums to +0.0: equal values
 
 
+def test_float32_operands_pack_to_the_bits_ml_dtypes_rounds_them_to(rng):
+    """Whole rows and tiles of float32 (A: 64 values of k per row, B: full NR-column panels) take the
+    vectorised rounding: the product equals that of the same operands rounded by ml_dtypes first, bit
+    for bit, over ties, values just either side of them and negatives."""
+    ties = np.array([0x3F808000, 0x3F818000, 0x3F80FFFF, 0x3F807FFF, 0xBF808000, 0x3FFFFFFF, 0x3E2AAAAB,
+                     0xC0490FDB, 0x3F7F8000, 0x3DCCCCCD], np.uint32).view(np.float32)
+    a = rng.choice(ties, (35, 70))
+    b = rng.choice(ties, (70, 2 * bf16_kernel(None).params.nr + 5))
+    got = autogemm.matmul(a, b, compute="bf16")
+    np.testing.assert_array_equal(got, autogemm.matmul(a.astype(BF16), b.astype(BF16)))
+    assert error_ratio(got, a.astype(BF16), b.astype(BF16), dtype="bfloat16") <= 1
+
+
 def test_compute_bf16_on_float32_and_float64_views(rng):
     base = rng.standard_normal((90, 70)).astype(np.float32)
     a = base[::2, 1:]          # strided rows
