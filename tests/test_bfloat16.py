@@ -236,6 +236,25 @@ def test_amx_k_padding_reads_zeros_whatever_the_workspace_held(source, rng):
             assert error_ratio(c, a.astype(BF16), b.astype(BF16), dtype="bfloat16") <= 1, (source, k)
 
 
+@pytest.mark.skipif(not HOST.supports("amxbf16"), reason="CPU or OS lacks AMX-BF16")
+@pytest.mark.parametrize("source", ["bfloat16", "float32"])
+def test_amx_transposed_a_packs_the_tiles_a_row_major_a_does(source, rng):
+    """A transposed A (dout^T in a weight gradient) is packed 16 rows by 32 k at a time, transposed in
+    registers: the product is bit for bit that of the same A stored row-major, over whole blocks, rows
+    and k past them, and a partial last micro-panel; and it matches float64."""
+    kernel = api.build(analytic.default_params(HOST, "bfloat16", "amxbf16").replace(kc=96, mc=64))
+    dtype = BF16 if source == "bfloat16" else np.float32
+    for m, k in [(16, 32), (70, 96 + 64 + 40), (47, 33)]:
+        stored = rng.standard_normal((k, m + 3)).astype(dtype)   # A^T with lda wider than M
+        a_t = stored[:, 1:m + 1].T
+        b = rng.standard_normal((k, 50)).astype(dtype)
+        c_t, c_row = (np.full((m, 50), np.nan, np.float32) for _ in range(2))
+        kernel.gemm(a_t, b, c_t, threads=2, force_threads=True)
+        kernel.gemm(np.ascontiguousarray(a_t), b, c_row, threads=2, force_threads=True)
+        np.testing.assert_array_equal(c_t, c_row)
+        assert error_ratio(c_t, a_t.astype(BF16), b.astype(BF16), dtype="bfloat16") <= 1, (source, m, k)
+
+
 def test_unsupported_dtypes_and_compute_values_are_refused():
     a = np.ones((2, 2), np.float16)
     with pytest.raises(TypeError, match="bfloat16"):
