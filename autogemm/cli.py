@@ -25,6 +25,7 @@ def cmd_info(args) -> int:
     host = machine.detect()
     info = host.describe()
     info["version"] = __version__
+    info["bfloat16_isas"] = list(host.isas_for("bfloat16"))  # AMX and vdpbf16ps where the CPU and OS allow
     info["default_kernels"] = {d: analytic.default_params(host, d).name for d in DTYPES}
     info["tuned_entries"] = [_entry_line(e) for e in api.tuned_entries(args.tuned_dir)]
     info["matmul"] = fastcall.status()

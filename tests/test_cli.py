@@ -13,6 +13,9 @@ def test_info_json(tmp_path):
     info = json.loads(out.read_text())
     assert info["machine_id"] == machine.detect().machine_id
     assert set(info["default_kernels"]) == {"float32", "float64", "bfloat16"}
+    host = machine.detect()
+    assert info["bfloat16_isas"] == list(host.isas_for("bfloat16"))
+    assert f"_{info['bfloat16_isas'][0]}_" in info["default_kernels"]["bfloat16"]
 
 
 def test_bench_reports_kernel_beside_numpy(tmp_path):
