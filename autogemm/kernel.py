@@ -21,7 +21,7 @@ int autogemm_{p}gemm_bench(int trans_a, int trans_b, ptrdiff_t m, ptrdiff_t n, p
     const void *a, const void *b, {t} beta, void *c, const void *bias, int nthreads, int warmup, int reps,
     void *seconds);
 int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, ptrdiff_t csa, ptrdiff_t rsb,
-    ptrdiff_t csb, ptrdiff_t csc, int nthreads);
+    ptrdiff_t csb, ptrdiff_t rsc, ptrdiff_t csc, int bias, int nthreads);
 int autogemm_{p}gemm_threads(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int nthreads);
 void autogemm_{p}gemm_phases(void *seconds);
 """
@@ -251,14 +251,18 @@ class Kernel:
         return out
 
     def path(self, m: int, n: int, k: int, a_strides: tuple[int, int] | None = None,
-             b_strides: tuple[int, int] | None = None, c_column_stride: int = 1, threads: int = 1) -> str:
-        """How an m x n x k GEMM with these element strides (row-major by default) is computed on
-        `threads` threads, unless its thread count is forced: "packed"; "direct", without packing,
-        where packing cannot pay for itself; or "dot", dot products along k, for a matrix times a
-        column or a few rows times a transposed matrix."""
+             b_strides: tuple[int, int] | None = None, c_strides: tuple[int, int] | None = None,
+             threads: int = 1, bias: bool = False) -> str:
+        """How an m x n x k GEMM with these element strides (row-major by default), with a bias or
+        not, is computed on `threads` threads, unless its thread count is forced: "packed"; "direct", without
+        packing, where packing cannot pay for itself; or "dot", dot products along k, for a matrix
+        times a column or a few rows times a transposed matrix; followed by " of C^T" where the kernel
+        computes C^T = B^T A^T instead (a narrow or column-major C)."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
-        return ("packed", "direct", "dot", "dot")[self._path(m, n, k, rsa, csa, rsb, csb, c_column_stride, threads)]
+        rsc, csc = c_strides or (n, 1)
+        code = self._path(m, n, k, rsa, csa, rsb, csb, rsc, csc, bias, threads)
+        return ("packed", "direct", "dot", "dot", "dot")[code & 7] + (" of C^T" if code & 8 else "")
 
     def threads_used(self, m: int, n: int, k: int, threads: int) -> int:
         """The threads an m x n x k GEMM takes when `threads` are offered: one a Mflop of work, or

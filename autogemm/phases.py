@@ -20,7 +20,7 @@ class PhaseRow:
     shape: tuple
     threads: int
     kernel: str
-    path: str  # "packed", "direct" or "dot": only the packed path has phases
+    path: str  # "packed", "direct" or "dot" (and " of C^T"): only the packed path has phases
     gflops: float  # of the median call, which the rest describe
     share: dict  # phase -> its part of the threads' time (wall seconds x threads)
     other: float  # the rest: waiting for other threads, loops and calls outside the phases
@@ -78,13 +78,13 @@ def format_phases(rows: list[PhaseRow]) -> str:
     def pct(value):
         return f"{value:.1f}" if value is not None else "-"
 
-    header = (f"{'shape':>18} {'thr':>3} {'path':>7} {'GFLOP/s':>8} {'%peak':>6} {'%round':>6} "
+    header = (f"{'shape':>18} {'thr':>3} {'path':>13} {'GFLOP/s':>8} {'%peak':>6} {'%round':>6} "
               + " ".join(f"{phase:>7}" for phase in PHASES)
               + f" {'other':>7} {'macro GFLOP/s':>14} {'%peak':>6} {'%round':>6}")
     lines = [header]
     for r in rows:
         macro = f"{r.macro_gflops:.1f}" if r.macro_gflops is not None else "-"
-        lines.append(f"{'x'.join(map(str, r.shape)):>18} {r.threads:>3} {r.path:>7} {r.gflops:>8.1f} "
+        lines.append(f"{'x'.join(map(str, r.shape)):>18} {r.threads:>3} {r.path:>13} {r.gflops:>8.1f} "
                      f"{pct(r.pct_peak):>6} {pct(r.pct_round_peak):>6} "
                      + " ".join(f"{100 * r.share[phase]:>6.1f}%" for phase in PHASES)
                      + f" {100 * r.other:>6.1f}% {macro:>14} {pct(r.macro_pct_peak):>6} {pct(r.macro_pct_round_peak):>6}")

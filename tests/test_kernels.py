@@ -207,7 +207,7 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(128, 768, 50304) == "direct"  # few rows: packed B would serve only 128
     assert kernel.path(129, 768, 50304) == "packed"
     assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
-    assert kernel.path(100, 100, 100, c_column_stride=2) == "packed"
+    assert kernel.path(100, 100, 100, c_strides=(200, 2)) == "direct"  # C's rows stored value by value
     assert kernel.path(2048, 2048, 2048) == "packed"
     assert kernel.path(4096, 768, 768) == "packed"
     assert kernel.path(199, 1, 73) == "dot"  # a matrix times a column
@@ -216,8 +216,54 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "packed"
     assert kernel.path(32, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
     assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "packed"
-    assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct"  # a column-major A times a column
+    assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct of C^T"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+def test_a_narrow_or_column_major_c_is_computed_as_c_transposed(isa, dtype):
+    """C^T = B^T A^T where its path does less work, storing C included: a narrow C, whose rows
+    would pad lanes that C^T's do not, and a column-major C where C^T needs no more packing."""
+    kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=128, direct_mflops=128))
+    vw = kernel.params.vw
+    assert kernel.path(1000, 5, 300, a_strides=(1, 1000)) == "direct of C^T"  # B^T's rows times A^T
+    assert kernel.path(1000, 5, 300, a_strides=(1, 1000), bias=True) == "direct"
+    assert kernel.path(1000, 5, 300, b_strides=(1, 300)) == "dot"  # C small beside k: along k, as it is
+    assert kernel.path(1024, vw - 3, 300, a_strides=(1, 1024)) == "direct of C^T"
+    assert kernel.path(1024, vw, 300, a_strides=(1, 1024)) == "direct"  # no lane to spare: C stored by rows
+    assert kernel.path(1, 1, 100) == "dot" and kernel.path(vw, vw, vw) == "direct"  # square: C as it is
+    assert kernel.path(2048, 2048, 2048, c_strides=(1, 2048)) == "packed of C^T"  # column-major C
+    assert kernel.path(100, 100, 100, c_strides=(1, 100)) == "direct"  # C^T would need packing
+    assert kernel.path(100, 100, 100, a_strides=(1, 100), c_strides=(1, 100)) == "direct of C^T"
+    tight = api.build(param_grid(isa, dtype)[0].replace(direct_m=48, direct_mflops=16))
+    # Too many flops for the direct path: B's few columns copied to rows, or A^T's rows read in place.
+    assert tight.path(8192, vw // 2, 768) == "dot"
+    assert tight.path(8192, vw // 2, 768, a_strides=(1, 8192)) == "direct of C^T"
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_c_transposed_matches_float64_reference(isa, dtype, threads, rng):
+    """Narrow C (n of a quarter of the vector width to a half, m up to two threads' worth) and
+    column-major C, for every layout of A and B: alpha, beta = 0 over NaN and beta != 0."""
+    kernel = api.build(param_grid(isa, dtype)[0])
+    vw = kernel.params.vw
+    transposed = 0
+    for (m, n, k), layout_a, layout_b in itertools.product(
+            [(37, 1, 41), (300, 2, 7), (97, vw // 4 + 1, 300), (2001, 2, 160), (13, vw // 2, 1), (40, 40, 40)],
+            ("C", "T", "strided"), ("C", "T", "negative")):
+        a = random_matrix(rng, (m, k), dtype, layout_a)
+        b = random_matrix(rng, (k, n), dtype, layout_b)
+        for layout_c, (alpha, beta) in itertools.product(("C", "F", "strided"), [(1.0, 0.0), (-1.5, 0.75)]):
+            c = random_matrix(rng, (m, n), dtype, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            transposed += kernel.path(m, n, k, elements(a), elements(b), elements(c), threads).endswith("C^T")
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=threads)
+            ratio = error_ratio(c, a, b, before, alpha, beta, dtype)
+            assert ratio <= 1, f"{m}x{n}x{k} {layout_a}/{layout_b}/{layout_c} beta={beta}: {ratio}"
+    assert transposed >= 9 * 3 * 2  # one shape's worth at least
 
 
 def test_the_direct_flops_limit_is_per_thread():
@@ -311,8 +357,9 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
                 if beta == 0:
                     c[...] = np.nan  # beta == 0 must never read C
                 before = np.array(c, np.float64)
-                if n > 1:
-                    assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "direct"
+                if n > 1:  # (or dot products, for a small C with long rows of A)
+                    path = kernel.path(m, n, k, elements(a), elements(b), elements(c), bias=True)
+                    assert path == "direct" or path == "dot" and k == 1100 and elements(a)[1] == 1
                 kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=1)
                 ratio = error_ratio(c, with_bias_a, with_bias_b, before, alpha, beta, dtype)
                 assert ratio <= 1, f"{p.name}: {m}x{n}x{k} {layout_a}/{layout_b}/{layout_c} beta={beta}: {ratio}"
@@ -353,7 +400,7 @@ def test_the_dot_path(isa, dtype, threads, rng):
                 c[...] = np.nan
             before = np.array(c, np.float64)
             if k > 1 and n > 1 or shape == "column":  # a 1 x n B with unit strides is read directly
-                assert kernel.path(m, n, k, elements(a), elements(b), elements(c)[1]) == "dot"
+                assert kernel.path(m, n, k, elements(a), elements(b), elements(c), bias=True) == "dot"
             kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
             ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
                                 alpha, beta, dtype)
