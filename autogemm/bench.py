@@ -21,9 +21,17 @@ SUITES = {
     "quick": [(1024, 1024, 1024)],
     # Timed as Python calls (see compare_calls): sizes where the call itself is much of the cost.
     "small": [(n, n, n) for n in (1, 8, 16, 32, 64, 100, 128, 200)] + [(7, 300, 5), (199, 1, 73), (97, 101, 103)],
+    # Timed as Python calls, in every layout: a narrow C (n below a vector or two) or a small one
+    # beside k, which tiles along C's rows would mostly pad.
+    "narrow": [(501, 1, 74), (750, 2, 131), (353, 3, 811), (71, 5, 189), (4096, 8, 768), (663, 22, 34),
+               (19, 8, 2000), (9, 74, 1352), (20, 20, 200), (209, 2, 1249)],
 }
 #: Suites whose shapes are timed as whole Python calls rather than inside C.
-CALL_SUITES = ("small",)
+CALL_SUITES = ("small", "narrow")
+#: A and B stored as they are (n) or as transposed views (t): numpy's matmul of a.T or b.T.
+LAYOUTS = ("nn", "nt", "tn", "tt")
+#: Suites whose shapes are timed in every layout.
+LAYOUT_SUITES = ("narrow",)
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
@@ -38,6 +46,16 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     if len(dims) != 3 or min(dims) < 1:
         raise ValueError(f"shape {text!r} is not MxNxK with positive sizes")
     return dims
+
+
+def parse_call_shape(text: str) -> tuple[tuple[int, int, int], str]:
+    """'MxNxK' or 'MxNxK:LAYOUT' (nn, nt, tn, tt: A and B as transposed views where t) ->
+    (shape, layout)."""
+    shape, _, layout = text.partition(":")
+    layout = layout.lower() or "nn"
+    if layout not in LAYOUTS:
+        raise ValueError(f"shape {text!r}: the layout after ':' is one of {', '.join(LAYOUTS)}")
+    return parse_shape(shape), layout
 
 
 def openblas_coretype() -> str:
@@ -147,6 +165,7 @@ class Row:
     vs_torch: float | None = None  # against PyTorch's bfloat16 matmul, when it ran
     pct_round_peak: float | None = None  # of the FMA peak read in each round, beside the calls (compare)
     round_medians: list | None = None  # each round's median GFLOP/s (compare)
+    layout: str = "nn"  # of A and B (see LAYOUTS; compare_calls)
 
 
 def paired_ratio(row: Row, reference: Row) -> float:
@@ -231,12 +250,12 @@ def compare(kernels: dict[str, Kernel], shape, threads: int, *, rounds: int = 5,
     return rows
 
 
-def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: float | None = None,
-                  seed: int = 0, burst_seconds: float = 0.005) -> list[Row]:
+def compare_calls(shape, dtype: str, threads: int, *, layout: str = "nn", rounds: int = 5,
+                  peak: float | None = None, seed: int = 0, burst_seconds: float = 0.005) -> list[Row]:
     """`autogemm.matmul` against `numpy.matmul` as a caller sees them: whole Python calls, the
-    overhead of both included, on fresh C-ordered operands, interleaved in bursts of about
-    `burst_seconds` with a pause after each (OpenBLAS's idle threads spin); the time per call of
-    each burst is one sample."""
+    overhead of both included, on fresh operands (C-ordered, or transposed views of C-ordered arrays
+    where `layout` says t), interleaved in bursts of about `burst_seconds` with a pause after each
+    (OpenBLAS's idle threads spin); the time per call of each burst is one sample."""
     import autogemm
 
     m, n, k = shape
@@ -246,8 +265,9 @@ def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: flo
     timings: dict[str, list[float]] = {name: [] for name in impls}
     with threadpoolctl.threadpool_limits(threads, user_api="blas"):
         for _ in range(rounds):
-            a = rng.standard_normal((m, k), dtype=np.float32).astype(dtype)
-            b = rng.standard_normal((k, n), dtype=np.float32).astype(dtype)
+            a = rng.standard_normal((k, m) if layout[0] == "t" else (m, k), dtype=np.float32).astype(dtype)
+            b = rng.standard_normal((n, k) if layout[1] == "t" else (k, n), dtype=np.float32).astype(dtype)
+            a, b = a.T if layout[0] == "t" else a, b.T if layout[1] == "t" else b
             for name, call in impls.items():
                 call(a, b)
                 start, calls = time.perf_counter(), 0
@@ -258,8 +278,8 @@ def compare_calls(shape, dtype: str, threads: int, *, rounds: int = 5, peak: flo
                 time.sleep(SETTLE_AFTER["numpy" if name == "numpy" else "kernel"])
     peak = peak or measure_peak(dtype, threads)
     summary = {name: stats(values) for name, values in timings.items()}
-    return [Row((m, n, k), dtype, threads, name, s, 100.0 * s["median"] / peak, s["median"] / summary["numpy"]["median"])
-            for name, s in summary.items()]
+    return [Row((m, n, k), dtype, threads, name, s, 100.0 * s["median"] / peak, s["median"] / summary["numpy"]["median"],
+                layout=layout) for name, s in summary.items()]
 
 
 def run_copies(kernel: Kernel, copies: list[tuple], calls: int) -> list[list[float]]:
@@ -334,9 +354,9 @@ def compare_independent(kernel: Kernel, shape, copies: int, *, rounds: int = 3, 
 def add_scaling(rows: list[Row]) -> None:
     """Sets each row's parallel efficiency against the same shape and implementation on 1 thread
     (rows that measured their own, as `compare_independent`'s, keep it)."""
-    single = {(r.shape, r.impl): r.gflops["median"] for r in rows if r.threads == 1}
+    single = {(r.shape, r.layout, r.impl): r.gflops["median"] for r in rows if r.threads == 1}
     for r in rows:
-        base = single.get((r.shape, r.impl))
+        base = single.get((r.shape, r.layout, r.impl))
         if r.efficiency is None:
             r.efficiency = r.gflops["median"] / (r.threads * base) if base else None
 
@@ -346,17 +366,17 @@ def format_table(rows: list[Row], peaks: dict | None) -> str:
     scaling = any(r.efficiency is not None for r in rows)
     torch = any(r.vs_torch is not None for r in rows)
     round_peak = any(r.pct_round_peak is not None for r in rows)
-    lines = [f"{'shape':>18} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
+    lines = [f"{'shape':>21} {'dtype':>8} {'thr':>3} {'impl':>10} {'GFLOP/s':>9} {'p20-p80':>15} "
              f"{'%peak':>6}" + (f" {'%round':>6}" if round_peak else "") + f" {'x numpy':>8}"
              + (f" {'x torch':>8}" if torch else "") + (f" {'effic.':>6}" if scaling else "")]
     for r in rows:
-        shape = "x".join(map(str, r.shape))
+        shape = "x".join(map(str, r.shape)) + ("" if r.layout == "nn" else f" {r.layout}")
         spread = f"{r.gflops['p20']:.1f}-{r.gflops['p80']:.1f}"
         ratio = f"{r.vs_numpy:.3f}" if r.vs_numpy is not None else "-"
         in_round = (f" {r.pct_round_peak:>6.1f}" if r.pct_round_peak is not None else f" {'-':>6}") if round_peak else ""
         vs_torch = (f" {r.vs_torch:>8.3f}" if r.vs_torch is not None else f" {'-':>8}") if torch else ""
         efficiency = (f" {r.efficiency:>6.2f}" if r.efficiency is not None else f" {'-':>6}") if scaling else ""
-        lines.append(f"{shape:>18} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
+        lines.append(f"{shape:>21} {r.dtype:>8} {r.threads:>3} {r.impl:>10} {r.gflops['median']:>9.1f} "
                      f"{spread:>15} {r.pct_peak:>6.1f}{in_round} {ratio:>8}" + vs_torch + efficiency)
     if peaks is None:
         return "\n".join(lines)

@@ -131,14 +131,18 @@ def _threads_list(text: str) -> list[int]:
     return values
 
 
-def _shapes(args) -> list[tuple[tuple[int, int, int], bool]]:
-    """(shape, timed as Python calls) for --shape and --suite."""
-    shapes = [(bench.parse_shape(s), bool(getattr(args, "calls", False))) for s in args.shape or []]
+def _shapes(args) -> list[tuple[tuple[int, int, int], bool, str]]:
+    """(shape, timed as Python calls, layout) for --shape and --suite."""
+    calls = bool(getattr(args, "calls", False))
+    shapes = [(shape, calls, layout) for shape, layout in map(bench.parse_call_shape, args.shape or [])]
+    if any(layout != "nn" and not calls for _, _, layout in shapes):
+        raise ValueError("bench times A and B as transposed views in Python calls: add --calls")
     for suite in (args.suite.split(",") if args.suite else []):
         if suite not in bench.SUITES:
             raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(bench.SUITES)}")
-        shapes += [(shape, suite in bench.CALL_SUITES) for shape in bench.SUITES[suite]]
-    return shapes or [(shape, False) for shape in bench.SUITES["quick"]]
+        layouts = bench.LAYOUTS if suite in bench.LAYOUT_SUITES else ("nn",)
+        shapes += [(shape, suite in bench.CALL_SUITES, layout) for shape in bench.SUITES[suite] for layout in layouts]
+    return shapes or [(shape, False, "nn") for shape in bench.SUITES["quick"]]
 
 
 def cmd_bench_workload(args) -> int:
@@ -180,8 +184,9 @@ def cmd_bench_phases(args) -> int:
     `autogemm.load()` picks, after the default kernel's macro-kernels on data in cache."""
     from . import phases
 
-    if any(calls for _, calls in _shapes(args)):
-        raise ValueError("bench --phases times the kernel's phases inside C; leave out --calls and the small suite")
+    if any(calls for _, calls, _ in _shapes(args)):
+        raise ValueError("bench --phases times the kernel's phases inside C; leave out --calls and the "
+                         f"{' and '.join(bench.CALL_SUITES)} suites")
     default = analytic.default_params(machine.detect(), args.dtype)
     rows, peaks = [], {}
 
@@ -195,7 +200,7 @@ def cmd_bench_phases(args) -> int:
         meter = PeakMeter(args.dtype, threads, seconds=bench.ROUND_PEAK_SECONDS)
         if threads == 1:
             add(phases.in_cache(default, peak_meter=meter), new_rows)
-        for shape, _ in _shapes(args):
+        for shape, _, _ in _shapes(args):
             params = api.load(args.dtype, shape=shape, threads=threads, layout="nn", beta=0.0,
                               tuned_dir=args.tuned_dir).params
             add(phases.profile(params, shape, threads, peak_meter=meter), new_rows)
@@ -230,9 +235,10 @@ def cmd_bench(args) -> int:
         key, first_row = (args.dtype, threads), len(rows)
         peaks[key] = measure_peak(args.dtype, threads)
         meter = PeakMeter(args.dtype, threads, seconds=bench.ROUND_PEAK_SECONDS)
-        for shape, calls in _shapes(args):
+        for shape, calls, layout in _shapes(args):
             if calls:
-                new_rows = bench.compare_calls(shape, args.dtype, threads, rounds=args.rounds, peak=peaks[key])
+                new_rows = bench.compare_calls(shape, args.dtype, threads, layout=layout, rounds=args.rounds,
+                                               peak=peaks[key])
             else:
                 kernels = {"default": default}
                 tuned = api.load(args.dtype, shape=shape, threads=threads, layout="nn", beta=0.0,
@@ -325,8 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_ = sub.add_parser("bench", help="autogemm beside numpy: GFLOP/s, %% of peak, ratio")
     bench_.add_argument("--dtype", choices=DTYPES, default="float32")
-    bench_.add_argument("--shape", action="append", help="MxNxK, repeatable")
-    bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)} (small: timed as Python calls)")
+    bench_.add_argument("--shape", action="append",
+                        help="MxNxK, repeatable; MxNxK:nt (or tn, tt) with --calls: A and/or B as transposed views")
+    bench_.add_argument("--suite", help=f"comma-separated: {', '.join(bench.SUITES)} (small and narrow: timed as "
+                        "Python calls; narrow in every layout)")
     bench_.add_argument("--calls", action="store_true",
                         help="time --shape as whole Python calls of autogemm.matmul and numpy.matmul, overhead included")
     bench_.add_argument("--threads", default=str(machine.available_cores()), help="comma-separated list")

@@ -38,6 +38,32 @@ def test_bench_calls_times_python_calls_beside_numpy(tmp_path):
     assert next(r for r in rows if r["impl"] == "numpy")["vs_numpy"] == 1.0
 
 
+def test_bench_calls_take_a_and_b_as_transposed_views(tmp_path, monkeypatch):
+    """MxNxK:tn (nt, tt): the calls get A and/or B as transposed views of C-ordered arrays, and the
+    rows say so; the narrow suite times each of its shapes in every layout, as calls."""
+    import autogemm
+    from autogemm import bench, cli
+
+    seen, matmul = set(), autogemm.matmul
+
+    def recording(a, b, **kwargs):
+        seen.add(("t" if a.flags.f_contiguous and not a.flags.c_contiguous else "n")
+                 + ("t" if b.flags.f_contiguous and not b.flags.c_contiguous else "n"))
+        return matmul(a, b, **kwargs)
+
+    monkeypatch.setattr(autogemm, "matmul", recording)
+    out = tmp_path / "layouts.json"
+    assert main(["bench", "--shape", "9x7x5:tn", "--shape", "9x7x5:nt", "--calls", "--threads", "1", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    assert seen == {"tn", "nt"}
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((row["layout"], row["impl"]) for row in rows) == [
+        ("nt", "matmul"), ("nt", "numpy"), ("tn", "matmul"), ("tn", "numpy")]
+    narrow = cli._shapes(cli.build_parser().parse_args(["bench", "--suite", "narrow"]))
+    assert len(narrow) == 4 * len(bench.SUITES["narrow"]) and all(calls for _, calls, _ in narrow)
+    assert {layout for _, _, layout in narrow} == set(bench.LAYOUTS)
+
+
 def test_bench_bfloat16_compares_with_numpy_float32(tmp_path):
     out = tmp_path / "bf16.json"
     assert main(["bench", "--dtype", "bfloat16", "--shape", "64x48x40", "--threads", "1", "--rounds", "1",
@@ -59,6 +85,8 @@ def test_list_json(tmp_path, monkeypatch):
     (["bench", "--shape", "12xfoo"], "not MxNxK"),
     (["bench", "--threads", "0"], "positive"),
     (["bench", "--suite", "nope"], "unknown suite"),
+    (["bench", "--shape", "9x7x5:tn"], "add --calls"),
+    (["bench", "--shape", "9x7x5:tx", "--calls"], "the layout after ':'"),
     (["bench", "--workload", "gpt2-124m", "--dtype", "bfloat16"], "float32 or float64"),
     (["export", "--workload", "gpt2-124m", "--dtype", "bfloat16"], "float32 or float64"),
     (["tune", "--shape", "0x5x5"], "positive sizes"),
