@@ -262,7 +262,7 @@ class Kernel:
         rsb, csb = b_strides or (n, 1)
         rsc, csc = c_strides or (n, 1)
         code = self._path(m, n, k, rsa, csa, rsb, csb, rsc, csc, bias, threads)
-        return ("packed", "direct", "dot", "dot", "dot")[code & 7] + (" of C^T" if code & 8 else "")
+        return ("packed", "direct", "dot", "dot", "dot", "direct")[code & 7] + (" of C^T" if code & 8 else "")
 
     def threads_used(self, m: int, n: int, k: int, threads: int) -> int:
         """The threads an m x n x k GEMM takes when `threads` are offered: one a Mflop of work, or

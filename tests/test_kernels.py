@@ -206,16 +206,17 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(512, 512, 512) == "packed"  # 268 Mflop on one thread: packing pays for itself
     assert kernel.path(128, 768, 50304) == "direct"  # few rows: packed B would serve only 128
     assert kernel.path(129, 768, 50304) == "packed"
-    assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "packed"  # a transposed B
+    assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "direct"  # a transposed B, packed a panel at a time
+    assert kernel.path(129, 768, 50304, b_strides=(1, 50304)) == "packed"
     assert kernel.path(100, 100, 100, c_strides=(200, 2)) == "direct"  # C's rows stored value by value
     assert kernel.path(2048, 2048, 2048) == "packed"
     assert kernel.path(4096, 768, 768) == "packed"
     assert kernel.path(199, 1, 73) == "dot"  # a matrix times a column
     assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
     assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "dot"  # a small batch times a transposed matrix
-    assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "packed"
+    assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "direct"
     assert kernel.path(32, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
-    assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "packed"
+    assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "direct"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct of C^T"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
 
@@ -234,7 +235,10 @@ def test_a_narrow_or_column_major_c_is_computed_as_c_transposed(isa, dtype):
     assert kernel.path(1024, nr, 300, a_strides=(1, 1024)) == "direct"
     assert kernel.path(1, 1, 100) == "dot" and kernel.path(vw, vw, vw) == "direct"  # square: C as it is
     assert kernel.path(2048, 2048, 2048, c_strides=(1, 2048)) == "packed of C^T"  # column-major C
-    assert kernel.path(100, 100, 100, c_strides=(1, 100)) == "direct"  # C^T would need packing
+    if dtype == "float32":  # C^T packs B^T's panels and stores by rows: 5% less work by every float32 template's tiles
+        assert kernel.path(100, 100, 100, c_strides=(1, 100)) == "direct of C^T"
+    assert kernel.path(40, 300, 300, c_strides=(1, 40)) == "direct"  # ... where that saves too little
+    assert kernel.path(128, 3000, 768, c_strides=(1, 128)) == "direct"  # C^T would need packing A too
     assert kernel.path(100, 100, 100, a_strides=(1, 100), c_strides=(1, 100)) == "direct of C^T"
     tight = api.build(param_grid(isa, dtype)[0].replace(direct_m=48, direct_mflops=16))
     # Too many flops for the direct path: B's few columns copied to rows, or A^T's rows read in place.
@@ -367,7 +371,42 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
-@pytest.mark.parametrize("m, n, k", [(150, 130, 60), (5, 2000, 200)])  # rows, then columns, split
+@pytest.mark.parametrize("layout_a, layout_bt, layout_c", [
+    ("C", "C", "C"), ("T", "rows", "rows"), ("strided", "negative-rows", "C"), ("F", "C", "negative-rows"),
+])
+def test_the_direct_path_packs_a_transposed_b_a_panel_at_a_time(isa, dtype, layout_a, layout_bt, layout_c, rng):
+    """B's columns contiguous (x @ W.T, W's rows any distance apart): each NR-column panel of B packed
+    just before A's rows, read in place, use it. Edge sizes around MR, NR and the vector width, k over
+    three blocks, alpha, beta = 0 over NaN, beta != 0 and a bias; on two threads, a panel each."""
+    p = param_grid(isa, dtype)[0].replace(direct_m=128, direct_mflops=128)
+    kernel = api.build(p)
+    ms = sorted({1, p.mr - 1, p.mr + 1, 37} - {0})
+    ns = sorted({2, p.vw - 1, p.nr + 1, 2 * p.nr + 3} - {0, 1})
+    cases = [(shape, 1) for shape in itertools.product(ms, ns, [1, 7, 1100])]
+    cases += [((37, 2 * p.nr + 3, 1100), 2), ((13, 800, 600), 2)]
+    direct = 0
+    for (m, n, k), threads in cases:
+        a = random_matrix(rng, (m, k), dtype, layout_a)
+        b = unit_column_stride(rng, (n, k), dtype, layout_bt).T
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        for alpha, beta in [(1.0, 0.0), (-1.5, 0.5)]:
+            c = unit_column_stride(rng, (m, n), dtype, layout_c)
+            if beta == 0:
+                c[...] = np.nan  # beta == 0 must never read C
+            before = np.array(c, np.float64)
+            path = kernel.path(m, n, k, elements(a), elements(b), elements(c), threads, bias=True)
+            assert path == "direct" or path == "dot" and (elements(a)[1] == 1 or k == 1), (m, n, k, path)
+            direct += path == "direct"
+            assert threads == 1 or kernel.threads_used(m, n, k, threads) == threads
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
+            ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
+                                alpha, beta, dtype)
+            assert ratio <= 1, f"{m}x{n}x{k} on {threads} {layout_a}/{layout_bt}/{layout_c} beta={beta}: {ratio}"
+    assert 2 * direct >= len(cases)  # a quarter of the runs at least (two a case; the rest few rows along k)
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("m, n, k", [(150, 130, 60), (5, 2000, 200), (16, 900, 300)])  # rows, then columns, split
 def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
     assert 2 * m * n * k >= 2e6 and kernel.path(m, n, k) == "direct"  # enough work for a second thread
