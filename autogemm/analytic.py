@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import math
+
 from .machine import X86_ARCHS, Machine
-from .params import (DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, TILE_ISAS, TILE_K, TILE_ROWS,
-                     KernelParams, accumulator_dtype, itemsize, k_per_element, packed_itemsize, registers_needed,
-                     vector_widths)
+from .params import (DIRECT_B_ELEMENTS, DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, TILE_ISAS,
+                     TILE_K, TILE_ROWS, KernelParams, accumulator_dtype, itemsize, k_per_element, packed_itemsize,
+                     registers_needed, vector_widths)
+from .workload import Problem
 
 #: FMA latency (cycles) and FMA pipes per core: 4 and 2 on Haswell..Sapphire Rapids, Zen 2..5,
 #: Apple M1..M4 (which have 4 pipes, covered by the extra accumulators a large tile brings).
@@ -152,3 +155,42 @@ def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int, i
     if few_intel_cores(machine):
         return 64, 16, 2
     return (96, 24, 1) if dtype == "float64" else (*DIRECT_LIMITS, 1)
+
+
+def takes_direct(problem: Problem, threads: int, limits: tuple[int, int, int]) -> bool:
+    """Whether direct_m, direct_mflops and direct_threaded `limits` send `problem` on `threads` threads
+    down the direct path (the template's AG_DIRECT_* test, flops rounded up to whole millions)."""
+    direct_m, direct_mflops, direct_threaded = limits
+    grow = direct_threaded if threads > 1 else 1
+    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
+    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
+    return problem.m <= direct_m * grow or (small_b and mflops <= direct_mflops * grow)
+
+
+def path_limits(machine: Machine, dtype: str, problem: Problem, threads: int, path: str) -> tuple[int, int, int]:
+    """direct_m, direct_mflops and direct_threaded that send `problem` on `threads` threads down
+    `path`, as close to the analytic limits as that allows (a forced path takes limits that do not
+    grow with the threads). The analytic limits where the path does not apply (bfloat16, one column)
+    or is already taken."""
+    limits = direct_limits(machine, dtype)
+    if (path == "default" or dtype == "bfloat16" or problem.n == 1
+            or takes_direct(problem, threads, limits) == (path == "direct")):
+        return limits
+    direct_m, direct_mflops, _ = limits
+    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
+    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
+    if path == "direct":
+        return (direct_m, mflops, 1) if small_b else (min(problem.m, 1 << 16), direct_mflops, 1)
+    return min(direct_m, problem.m - 1), max(0, min(direct_mflops, mflops - 1)) if small_b else direct_mflops, 1
+
+
+def current_limits(machine: Machine, params: KernelParams, problem: Problem, threads: int) -> KernelParams:
+    """`params`, tuned for `problem` on `threads` threads, with today's direct limits as far as they keep
+    that problem on the path its own limits give it: a tuned kernel also serves the shapes nearest its
+    own, whose paths its limits decide, and limits recorded before `direct_limits` last changed would
+    send them down an outdated path (float32 64 x 2304 x 768 with B transposed on two threads, packed
+    by a 512^3 entry's limits: 0.83x numpy)."""
+    own = (params.direct_m, params.direct_mflops, params.direct_threaded)
+    path = "direct" if takes_direct(problem, threads, own) else "packed"
+    direct_m, direct_mflops, direct_threaded = path_limits(machine, params.dtype, problem, threads, path)
+    return params.replace(direct_m=direct_m, direct_mflops=direct_mflops, direct_threaded=direct_threaded)

@@ -12,6 +12,7 @@ import numpy as np
 from . import analytic, machine, render, store, toolchain
 from .kernel import Kernel, computed_dtype, environment_threads
 from .params import BLAS_LETTER, DTYPES, KernelParams, numpy_dtype
+from .workload import Problem
 
 
 class IsaUnavailable(RuntimeError):
@@ -135,7 +136,10 @@ def _load_tuned(dtype, shape, threads, layout, beta, tuned_dir, signature) -> Ke
                           layout, beta)
     if entry is None:
         return build(analytic.default_params(machine.detect(), dtype))
-    kernel = copy.copy(build(entry.params))
+    m, n, k = entry.shape
+    problem = Problem(m, n, k, trans_a=entry.layout[0] == "t", trans_b=entry.layout[1] == "t", beta=entry.beta,
+                      bias=bool(entry.record.get("bias")))
+    kernel = copy.copy(build(analytic.current_limits(machine.detect(), entry.params, problem, entry.threads)))
     kernel.tuned = entry.record
     kernel.default_threads = entry.record.get("tuning", {}).get("run_threads")
     return kernel

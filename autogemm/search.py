@@ -13,7 +13,7 @@ import platformdirs
 from . import analytic, render
 from .evaluate import OK, Request, Result
 from .machine import Machine
-from .params import (DIRECT_B_ELEMENTS, KU_CHOICES, PARALLEL_LOOPS, STREAMING_DTYPES, TILE_ISAS, TILE_ROWS,
+from .params import (KU_CHOICES, PARALLEL_LOOPS, STREAMING_DTYPES, TILE_ISAS, TILE_ROWS,
                      InvalidParams, KernelParams, registers_needed, vector_widths)
 from .workload import Problem
 
@@ -57,26 +57,6 @@ def _round_to(value: int, multiple: int) -> int:
 PATHS = ("default", "direct", "packed")
 
 
-def path_limits(machine: Machine, dtype: str, problem: Problem, threads: int, path: str) -> tuple[int, int, int]:
-    """direct_m, direct_mflops and direct_threaded that send `problem` on `threads` threads down
-    `path`, as close to the analytic limits as that allows (the template's AG_DIRECT_* test; a forced
-    path takes limits that do not grow with the threads). The analytic limits where the path does not
-    apply (bfloat16, a transposed B, one column) or is already taken."""
-    limits = analytic.direct_limits(machine, dtype)
-    if path == "default" or dtype == "bfloat16" or problem.trans_b or problem.n == 1:
-        return limits
-    direct_m, direct_mflops, direct_threaded = limits
-    grow = direct_threaded if threads > 1 else 1
-    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
-    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
-    takes_direct = problem.m <= direct_m * grow or (small_b and mflops <= direct_mflops * grow)
-    if takes_direct == (path == "direct"):
-        return limits
-    if path == "direct":
-        return (direct_m, mflops, 1) if small_b else (min(problem.m, 1 << 16), direct_mflops, 1)
-    return min(direct_m, problem.m - 1), max(0, min(direct_mflops, mflops - 1)) if small_b else direct_mflops, 1
-
-
 def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Problem | None = None) -> KernelParams:
     """Maps raw search choices onto valid parameters; InvalidParams if they break a constraint.
     The path choice needs the `problem` searched (without it, or without the choice: the default)."""
@@ -89,7 +69,7 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Pr
         raise InvalidParams(f"{mr}x{nr} exceeds the {isa} register budget")
     direct_m, direct_mflops, direct_threaded = (
         analytic.direct_limits(machine, dtype) if problem is None else
-        path_limits(machine, dtype, problem, choices["threads"], choices.get("path", "default")))
+        analytic.path_limits(machine, dtype, problem, choices["threads"], choices.get("path", "default")))
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
                         parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"],
@@ -130,7 +110,7 @@ def warm_start(machine: Machine, dtype: str, problem: Problem, threads: int) -> 
         changes.append({"kc": one_pass[0]})
     limits = analytic.direct_limits(machine, dtype)
     changes += [{"path": path} for path in ("direct", "packed")
-                if path_limits(machine, dtype, problem, threads, path) != limits]
+                if analytic.path_limits(machine, dtype, problem, threads, path) != limits]
     trials = [{**default, **change} for change in changes]
     return [t for i, t in enumerate(trials) if t not in trials[:i]]
 

@@ -228,6 +228,24 @@ def test_tuned_file_round_trip_and_nearest_shape(tmp_path):
     assert kernel.params == small and kernel.tuned["shape"] == [256, 256, 256] and kernel.default_threads == 1
 
 
+def test_a_tuned_entry_serves_other_shapes_with_todays_direct_limits(tmp_path):
+    """Limits an entry recorded before direct_limits changed send the shapes it is nearest to down an
+    outdated path; loaded, it takes today's, except where they would move its own problem."""
+    base = analytic.default_params(HOST, "float32")
+    today = (base.direct_m, base.direct_mflops, base.direct_threaded)
+    stale = base.replace(direct_m=1, direct_mflops=0, direct_threaded=1)  # packs everything it can
+    store.save(HOST.describe(), _record(stale, (512, 512, 512), threads=1), tmp_path)
+    kernel = api.load("float32", shape=(40, 300, 200), threads=1, tuned_dir=tmp_path)
+    assert (kernel.params.direct_m, kernel.params.direct_mflops, kernel.params.direct_threaded) == today
+    assert kernel.path(40, 300, 200) == "direct" and kernel.tuned["params"] == stale.to_dict()
+    assert kernel.params.replace(direct_m=1, direct_mflops=0, direct_threaded=1) == stale  # nothing else
+    # Tuned to the direct path for its own 512^3 (limits that reach it), it stays there when loaded.
+    forced = base.replace(direct_m=512, direct_mflops=300, direct_threaded=1)
+    store.save(HOST.describe(), _record(forced, (512, 512, 512), threads=1), tmp_path / "forced")
+    kernel = api.load("float32", shape=(512, 512, 512), threads=1, tuned_dir=tmp_path / "forced")
+    assert kernel.path(512, 512, 512) == "direct" and kernel.path(1024, 1024, 1024) == "packed"
+
+
 def test_a_call_without_threads_gets_the_entry_tuned_for_the_threads_it_runs_on(tmp_path, monkeypatch):
     base = analytic.default_params(HOST, "float32")
     one, four = base.replace(ku=1), base.replace(ku=2)
