@@ -321,17 +321,19 @@ def test_the_direct_limits_grow_on_several_threads():
 
 
 def test_a_row_times_a_matrix_takes_a_thread_for_each_256_kib_it_reads(rng):
-    """A GEMV is bound by moving its matrix: threads by the bytes of A and B when they outnumber the
-    Mflops, at most those offered; on two threads the product still matches float64."""
+    """A GEMV is bound by moving its matrix, and a short k by storing C: threads by the bytes of A, B
+    and C when they outnumber the Mflops, at most those offered; on two threads the product still
+    matches float64."""
     kernel = api.build(analytic.default_params(HOST, "float32"))
     assert kernel.threads_used(1, 768, 768, 2) == 2  # 1.2 Mflop, 2.4 MB
     assert kernel.threads_used(768, 1, 768, 2) == 2  # a matrix times a column
     assert kernel.threads_used(1, 768, 768, 16) == 9 and kernel.threads_used(1, 768, 768, 1) == 1
     assert kernel.threads_used(1, 256, 256, 2) == 1  # 256 KiB
-    assert kernel.threads_used(64, 64, 64, 2) == 1  # 0.5 Mflop, 32 KiB
+    assert kernel.threads_used(64, 64, 64, 2) == 1  # 0.5 Mflop, 48 KiB
+    assert kernel.threads_used(400, 400, 4, 2) == 2  # 1.3 Mflop, but C's 640 KB stored
     assert kernel.threads_used(100, 100, 100, 2) == 2  # 2 Mflop
     assert api.build(analytic.default_params(HOST, "float64")).threads_used(1, 512, 512, 16) == 8
-    for m, n, k in [(1, 768, 768), (768, 1, 768), (2, 1000, 300)]:
+    for m, n, k in [(1, 768, 768), (768, 1, 768), (2, 1000, 300), (400, 400, 4)]:
         a = random_matrix(rng, (m, k), "float32")
         b = random_matrix(rng, (k, n), "float32")
         c = np.full((m, n), np.nan, np.float32)
@@ -383,7 +385,8 @@ def test_the_direct_path_packs_a_transposed_b_a_panel_at_a_time(isa, dtype, layo
     ms = sorted({1, p.mr - 1, p.mr + 1, 37} - {0})
     ns = sorted({2, p.vw - 1, p.nr + 1, 2 * p.nr + 3} - {0, 1})
     cases = [(shape, 1) for shape in itertools.product(ms, ns, [1, 7, 1100])]
-    cases += [((37, 2 * p.nr + 3, 1100), 2), ((13, 800, 600), 2)]
+    cases += [((37, 2 * p.nr + 3, 1100), 2), ((13, 800, 600), 2)]  # a share of the panels each
+    cases += [((700, 300, 8), 2), ((3000, p.nr - 3, 64), 2)]  # of the rows: short k, or one panel
     direct = 0
     for (m, n, k), threads in cases:
         a = random_matrix(rng, (m, k), dtype, layout_a)
