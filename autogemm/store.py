@@ -151,10 +151,17 @@ def find_entries(machine_id: str, override=None) -> list[Entry]:
     return []
 
 
+#: How far (Entry.distance) from its own shape a tuned entry still serves a shape: beyond it, the
+#: analytic default does. Far from its shape an entry is no evidence: float64, two threads, the 256^3
+#: entry's 13x16 kernel against the default ran at 1.02x at 300^3, but 0.96x at 100^3 (2.4 away),
+#: 0.95x at 2000 x 50 x 50 and 0.77x at 16 x 1469 x 1303 (5.3 away).
+NEAR = 2.0
+
+
 def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = None, layout: str | None = None,
             beta: float | None = None) -> Entry | None:
     """The entry for `dtype` closest to `shape` (largest if no shape), preferring equal `threads`,
-    then the same layout and beta, then the nearest shape."""
+    then the same layout and beta, then the nearest shape; None where that is more than NEAR away."""
     candidates = [e for e in entries if e.dtype == dtype]
     if not candidates:
         return None
@@ -165,7 +172,8 @@ def nearest(entries: list[Entry], dtype: str, shape=None, threads: int | None = 
 
     if shape is None:
         return min(candidates, key=lambda e: (mismatch(e), -math.prod(e.shape)))
-    return min(candidates, key=lambda e: (mismatch(e)[0], e.distance(shape) + 0.5 * sum(mismatch(e)[1:])))
+    best = min(candidates, key=lambda e: (mismatch(e)[0], e.distance(shape) + 0.5 * sum(mismatch(e)[1:])))
+    return best if best.distance(shape) <= NEAR else None
 
 
 def _file_mode(path: Path) -> int:

@@ -224,6 +224,7 @@ def test_tuned_file_round_trip_and_nearest_shape(tmp_path):
     assert store.nearest(entries, "float32", (300, 200, 256), 2).params == small
     assert store.nearest(entries, "float32", (4096, 1024, 2048), 2).params == large
     assert store.nearest(entries, "float64", (300, 200, 256), 2) is None
+    assert store.nearest(entries, "float32", (40, 3000, 256), 2) is None  # 4.4 from 256^3: the default serves
     kernel = api.load("float32", shape=(200, 200, 200), tuned_dir=tmp_path)
     assert kernel.params == small and kernel.tuned["shape"] == [256, 256, 256] and kernel.default_threads == 1
 
@@ -234,10 +235,10 @@ def test_a_tuned_entry_serves_other_shapes_with_todays_direct_limits(tmp_path):
     base = analytic.default_params(HOST, "float32")
     today = (base.direct_m, base.direct_mflops, base.direct_threaded)
     stale = base.replace(direct_m=1, direct_mflops=0, direct_threaded=1)  # packs everything it can
-    store.save(HOST.describe(), _record(stale, (512, 512, 512), threads=1), tmp_path)
-    kernel = api.load("float32", shape=(40, 300, 200), threads=1, tuned_dir=tmp_path)
+    store.save(HOST.describe(), _record(stale, (512, 512, 512), threads=2), tmp_path)
+    kernel = api.load("float32", shape=(128, 512, 512), threads=2, tuned_dir=tmp_path)  # 2 away: served
     assert (kernel.params.direct_m, kernel.params.direct_mflops, kernel.params.direct_threaded) == today
-    assert kernel.path(40, 300, 200) == "direct" and kernel.tuned["params"] == stale.to_dict()
+    assert kernel.path(128, 512, 512, threads=2) == "direct" and kernel.tuned["params"] == stale.to_dict()
     assert kernel.params.replace(direct_m=1, direct_mflops=0, direct_threaded=1) == stale  # nothing else
     # Tuned to the direct path for its own 512^3 (limits that reach it), it stays there when loaded.
     forced = base.replace(direct_m=512, direct_mflops=300, direct_threaded=1)
