@@ -157,13 +157,19 @@ def direct_limits(machine: Machine, dtype: str = "float32") -> tuple[int, int, i
     return (96, 24, 1) if dtype == "float64" else (*DIRECT_LIMITS, 1)
 
 
+def _direct_measures(problem: Problem, threads: int) -> tuple[int, bool]:
+    """What the direct limits weigh besides rows: million flops a thread (rounded up), and whether B
+    has at most AG_DIRECT_B elements."""
+    return (math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6),
+            problem.k * problem.n <= DIRECT_B_ELEMENTS)
+
+
 def takes_direct(problem: Problem, threads: int, limits: tuple[int, int, int]) -> bool:
     """Whether direct_m, direct_mflops and direct_threaded `limits` send `problem` on `threads` threads
     down the direct path (the template's AG_DIRECT_* test, flops rounded up to whole millions)."""
     direct_m, direct_mflops, direct_threaded = limits
     grow = direct_threaded if threads > 1 else 1
-    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
-    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
+    mflops, small_b = _direct_measures(problem, threads)
     return problem.m <= direct_m * grow or (small_b and mflops <= direct_mflops * grow)
 
 
@@ -177,8 +183,7 @@ def path_limits(machine: Machine, dtype: str, problem: Problem, threads: int, pa
             or takes_direct(problem, threads, limits) == (path == "direct")):
         return limits
     direct_m, direct_mflops, _ = limits
-    mflops = math.ceil(2.0 * problem.m * problem.n * problem.k / threads / 1e6)
-    small_b = problem.k * problem.n <= DIRECT_B_ELEMENTS
+    mflops, small_b = _direct_measures(problem, threads)
     if path == "direct":
         return (direct_m, mflops, 1) if small_b else (min(problem.m, 1 << 16), direct_mflops, 1)
     return min(direct_m, problem.m - 1), max(0, min(direct_mflops, mflops - 1)) if small_b else direct_mflops, 1

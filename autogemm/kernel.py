@@ -254,10 +254,11 @@ class Kernel:
              b_strides: tuple[int, int] | None = None, c_strides: tuple[int, int] | None = None,
              threads: int = 1, bias: bool = False) -> str:
         """How an m x n x k GEMM with these element strides (row-major by default), with a bias or
-        not, is computed on `threads` threads, unless its thread count is forced: "packed"; "direct", without
-        packing A (a transposed B packed a panel at a time), where packing cannot pay for itself; or "dot", dot products along k, for a matrix
-        times a column or a few rows times a transposed matrix; followed by " of C^T" where the kernel
-        computes C^T = B^T A^T instead (a narrow or column-major C)."""
+        not, is computed on `threads` threads, unless its thread count is forced: "packed"; "direct",
+        without packing A (a transposed B packed a panel at a time), where packing cannot pay for
+        itself; or "dot", dot products along k, for a matrix times a column or a few rows times a
+        transposed matrix; followed by " of C^T" where the kernel computes C^T = B^T A^T instead (a
+        narrow or column-major C)."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
         rsc, csc = c_strides or (n, 1)
