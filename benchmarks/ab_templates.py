@@ -82,6 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("before", help="a checkout (git worktree) holding the templates to compare against")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"))
     parser.add_argument("--shape", default="2048", help="MxNxK, or N for a cube")
+    parser.add_argument("--isa", help="the analytic default on this ISA (avx2, portable) rather than the best")
     parser.add_argument("--layout", default="nn", choices=("nn", "nt", "tn", "tt"),
                         help="t: that operand stored transposed (tn: A^T, as dout^T in a weight gradient)")
     parser.add_argument("--threads", type=int, default=1)
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
                         help="a kernel parameter other than the analytic default's, as JSON or a bare word "
                              "(kc=768, prefetch_c=true, parallel=2d; repeatable)")
     args = parser.parse_args(argv)
-    params = analytic.default_params(machine.detect(), args.dtype)
+    params = analytic.default_params(machine.detect(), args.dtype, isa=args.isa)
     params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
     result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
                        args.threads, args.pairs, pause=args.pause * 1e-3, burst=args.burst, layout=args.layout)
