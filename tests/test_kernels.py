@@ -609,6 +609,22 @@ def test_the_dot_path_keeps_both_operands_in_registers(isa, dtype, rng):
         assert error_ratio(c, a, b, dtype=dtype) <= 1, (kernel.params.name, m, n, k)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_transposed_b_whose_columns_span_64_kib_is_packed_right_while_prefetching(dtype, rng):
+    """Columns of a transposed B that span AG_PACK_T_PF_BYTES are prefetched 64 packed k ahead as they
+    are packed: by the direct path (all of k in one panel) and the packed one (kc at a time), with k
+    not a multiple of 16 and a last panel narrower than NR."""
+    kernel = api.load(dtype)
+    n = kernel.params.nr + 7
+    for m, k, packed in ((100, 1301, False), (4 * kernel.params.mr + 1, 2 * kernel.params.kc + 37, True)):
+        assert n * k * np.dtype(dtype).itemsize >= 65536
+        a, b = random_matrix(rng, (m, k), dtype), random_matrix(rng, (k, n), dtype, "T")
+        assert packed or kernel.path(m, n, k, a_strides=(k, 1), b_strides=(1, k)) == "direct"
+        c = np.full((m, n), np.nan, dtype)
+        kernel.gemm(a, b, c, threads=1, force_threads=packed)  # a forced thread count always packs
+        assert error_ratio(c, a, b, dtype=dtype) <= 1, (kernel.params.name, m, n, k)
+
+
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 def test_transposed_b_packs_whole_blocks_of_columns_in_registers(isa, dtype, rng):
     """A weight matrix stored [N x K] (NT): blocks of 16 (float64: 8) columns by 16 packed k are
