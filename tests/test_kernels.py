@@ -596,8 +596,9 @@ def test_the_dot_path_keeps_both_operands_in_registers(isa, dtype, rng):
                           text=True, check=True).stdout
     body = code[code.index("_dot_block>:"):]
     body = body[:body.index("\n\n")]
-    fmas = [line for line in body.splitlines() if line.split()[1:2] and line.split()[1].startswith("vfmadd")
-            and line.split()[1].endswith(("ps", "pd"))]
+    lines = body.splitlines()
+    mnemonics = [(line.split() + ["", ""])[1] for line in lines]
+    fmas = [line for line, op in zip(lines, mnemonics) if op.startswith("vfmadd") and op.endswith(("ps", "pd"))]
     assert len(fmas) >= 16, fmas
     assert not [line for line in fmas if "(" in line], kernel.params.name
     shapes = [s for s in ((68, 4, 368), (207, 3, 551), (553, 2, 300), (4, 1, 100)) if kernel.path(*s) == "dot"]
@@ -617,7 +618,7 @@ def test_a_transposed_b_whose_columns_span_64_kib_is_packed_right_while_prefetch
     kernel = api.load(dtype)
     n = kernel.params.nr + 7
     for m, k, packed in ((100, 1301, False), (4 * kernel.params.mr + 1, 2 * kernel.params.kc + 37, True)):
-        assert n * k * np.dtype(dtype).itemsize >= 65536
+        assert kernel.params.nr * k * np.dtype(dtype).itemsize >= 65536  # a whole panel's columns span 64 KiB
         a, b = random_matrix(rng, (m, k), dtype), random_matrix(rng, (k, n), dtype, "T")
         assert packed or kernel.path(m, n, k, a_strides=(k, 1), b_strides=(1, k)) == "direct"
         c = np.full((m, n), np.nan, dtype)
