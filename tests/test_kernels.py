@@ -213,10 +213,10 @@ def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dty
     assert kernel.path(4096, 768, 768) == "packed"
     assert kernel.path(199, 1, 73) == "dot"  # a matrix times a column
     assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
-    assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "dot"  # a small batch times a transposed matrix
-    assert kernel.path(9, 300, 17, b_strides=(1, 17)) == "direct"
-    assert kernel.path(32, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
-    assert kernel.path(33, 300, 2048, b_strides=(1, 2048)) == "direct"
+    assert kernel.path(8, 2304, 768, b_strides=(1, 768)) == "dot"  # a small batch times a transposed weight
+    assert kernel.path(4, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
+    assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "direct"  # short k: the sums across lanes are not
+    assert kernel.path(2, 1000, 4, b_strides=(1, 4)) == "direct"
     assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct of C^T"  # a column-major A times a column
     assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
 
@@ -425,7 +425,8 @@ def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
 def test_the_dot_path(isa, dtype, threads, rng):
     """A matrix times a column, and 1 to 8 rows times a transposed matrix (x @ W.T at a small batch):
     dot products along k, with k around the vector width (masked tails), rows of A and of W around
-    the groups of four; big enough on two threads to split."""
+    the groups of four; big enough on two threads to split. Rows times a transposed matrix take the
+    dot path where it does less work, which every k, batch and row count here does at least once."""
     kernel = api.build(param_grid(isa, dtype)[0])
     vw = kernel.params.vw
     ks = sorted({1, 2, vw - 1, vw, vw + 1, 3 * vw + 5} - {0})
@@ -433,6 +434,7 @@ def test_the_dot_path(isa, dtype, threads, rng):
     if threads == 2:
         sizes, ks = sizes + [3001], ks + [400]  # 2.4 MFLOP at 3001 x 400: two threads
     cases = [(r, 1, "column") for r in sizes] + [(batch, r, "rows") for batch in (1, 2, 5, 8) for r in sizes]
+    dotted = set()
     for (m, n, shape), k in itertools.product(cases, ks):
         a = unit_column_stride(rng, (m, k), dtype, "rows" if shape == "column" else "C")
         b = random_matrix(rng, (k, n), dtype, "C" if shape == "column" else "T")
@@ -442,12 +444,17 @@ def test_the_dot_path(isa, dtype, threads, rng):
             if beta == 0:
                 c[...] = np.nan
             before = np.array(c, np.float64)
-            if k > 1 and n > 1 or shape == "column":  # a 1 x n B with unit strides is read directly
-                assert kernel.path(m, n, k, elements(a), elements(b), elements(c), bias=True) == "dot"
+            path = kernel.path(m, n, k, elements(a), elements(b), elements(c), threads=threads, bias=True)
+            if shape == "column":
+                assert path == "dot"
+            elif path == "dot":
+                dotted.add((m, n, k))
             kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
             ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
                                 alpha, beta, dtype)
             assert ratio <= 1, f"{shape} {m}x{n}x{k} alpha={alpha} beta={beta}: {ratio}"
+    for index, wanted in enumerate(((1, 2, 5, 8), set(sizes) - {1}, set(ks) - {1})):  # a 1 x n B is read directly
+        assert set(wanted) <= {shape[index] for shape in dotted}
 
 
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
@@ -616,8 +623,8 @@ def test_a_transposed_b_whose_columns_span_64_kib_is_packed_right_while_prefetch
     are packed: by the direct path (all of k in one panel) and the packed one (kc at a time), with k
     not a multiple of 16 and a last panel narrower than NR."""
     kernel = api.load(dtype)
-    n = kernel.params.nr + 7
-    for m, k, packed in ((100, 1301, False), (4 * kernel.params.mr + 1, 2 * kernel.params.kc + 37, True)):
+    n = 2 * kernel.params.nr + 7  # wide enough that the dot path does more work
+    for m, k, packed in ((kernel.params.direct_m, 1301, False), (4 * kernel.params.mr + 1, 2 * kernel.params.kc + 37, True)):
         assert kernel.params.nr * k * np.dtype(dtype).itemsize >= 65536  # a whole panel's columns span 64 KiB
         a, b = random_matrix(rng, (m, k), dtype), random_matrix(rng, (k, n), dtype, "T")
         assert packed or kernel.path(m, n, k, a_strides=(k, 1), b_strides=(1, k)) == "direct"
