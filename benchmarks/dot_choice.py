@@ -1,0 +1,90 @@
+"""How well the kernel chooses the dot path: on random shapes where it may take it (a transposed B, or a
+row-major one whose columns it would copy), time the kernel with the dot path forced and with it
+barred, both in one process and alternating, and report the time lost to the kernel's own choice
+(1.0: it always took the faster). This is how the weights of `work()` were fitted (templates/README.md).
+
+    .venv/bin/python benchmarks/dot_choice.py --dtype float32 --threads 1 --count 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+
+import numpy as np
+
+from autogemm import analytic, api, bench, machine, toolchain
+from autogemm.kernel import Kernel
+from autogemm.workload import Problem
+
+#: The comparisons in path() that choose the dot path for a transposed B (3) and a row-major one (4).
+_CHOICES = (r"(\w+)work\(3, m, n, k\) < \1work\(copied, m, n, k\)",
+            r"(\w+)work\(4, m, n, k\) \+ shared < \1work\(direct, m, n, k\)")
+
+
+def variant(kernel: Kernel, dot: bool) -> Kernel:
+    """`kernel` rebuilt with the dot path taken wherever it is possible (dot) or nowhere."""
+    source = kernel.source
+    for choice in _CHOICES:
+        source, found = re.subn(choice, "1" if dot else "0", source)
+        if found != 1:
+            raise RuntimeError(f"path() no longer reads {choice!r}: update benchmarks/dot_choice.py")
+    name = kernel.params.name + ("_dot" if dot else "_nodot")
+    return Kernel(kernel.params, kernel.machine, toolchain.build_shared(source, name), source)
+
+
+def seconds(kernels: dict, problem: Problem, dtype: str, threads: int, rng, pairs: int, burst: int) -> dict:
+    """The median seconds of each kernel's call, timed in turns whose order flips each pair."""
+    trans = {"trans_a": False, "trans_b": problem.trans_b}
+    a, b, c, _ = bench.operands(problem, dtype, rng)
+    for kernel in kernels.values():
+        kernel.bench(a, b, threads=threads, warmup=2, reps=1, c=c, **trans)
+    times = {name: [] for name in kernels}
+    for i in range(pairs):
+        for name in (list(kernels) if i % 2 == 0 else list(kernels)[::-1]):
+            if threads > 1:
+                time.sleep(0.004)  # each build's helper threads asleep, as between a program's GEMMs
+            times[name].append(float(np.median(kernels[name].bench(a, b, threads=threads, warmup=burst, reps=burst,
+                                                                   c=c, **trans))))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--isa", help="the analytic default on this ISA (avx2, portable) rather than the best")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--count", type=int, default=400, help="random shapes drawn (those the dot path can take are timed)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--show", type=int, default=10, help="the worst choices shown")
+    args = parser.parse_args(argv)
+    kernel = api.build(analytic.default_params(machine.detect(), args.dtype, isa=args.isa))
+    kernels = {"dot": variant(kernel, True), "other": variant(kernel, False)}
+    rng = np.random.default_rng(args.seed)
+    lost = []
+    for i in range(args.count):
+        m, n, k = (int(round(math.exp(rng.uniform(0, math.log(hi))))) for hi in (600, 768, 4096))
+        transposed = i % 2 == 0
+        strides = (1, k) if transposed else (n, 1)
+        if not kernels["dot"].path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot"):
+            continue
+        if kernels["other"].path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot"):
+            continue  # a column: the dot path either way
+        small = 2.0 * m * n * k <= 2e6
+        t = seconds(kernels, Problem(m, n, k, trans_b=transposed), args.dtype, args.threads, rng,
+                    pairs=15 if small else 9, burst=7 if small else 3)
+        chose = kernel.path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot")
+        lost.append((t["dot" if chose else "other"] / min(t.values()), (m, n, k), "nt" if transposed else "nn", chose))
+    ratios = np.array([x[0] for x in lost])
+    print(f"{kernel.params.name}, {args.threads} thread(s): {len(lost)} shapes the dot path can take (seed {args.seed})")
+    for ratio, (m, n, k), layout, chose in sorted(lost, reverse=True)[:args.show]:
+        print(f"  {ratio:5.2f}  {m}x{n}x{k} {layout}: took {'the dot path' if chose else 'the other'}")
+    print(f"time lost to the kernel's choice: geometric mean {math.exp(np.log(ratios).mean()):.3f}, "
+          f"above 1.15: {int((ratios > 1.15).sum())}, worst {ratios.max():.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""benchmarks/dot_choice.py: its two builds force and bar the dot path, and compute the same products."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from autogemm import analytic, api
+from autogemm.check import error_ratio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("dot_choice", ROOT / "benchmarks" / "dot_choice.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dot_path_is_forced_in_one_build_and_barred_in_the_other(host, rng):
+    tool = _tool()
+    kernel = api.build(analytic.default_params(host, "float32"))
+    dot, other = tool.variant(kernel, True), tool.variant(kernel, False)
+    short, long_ = (8, 572, 11), (4, 2304, 768)  # the kernel takes the direct path, then the dot path
+    assert kernel.path(*short, b_strides=(1, 11)) == "direct" and kernel.path(*long_, b_strides=(1, 768)) == "dot"
+    assert dot.path(*short, b_strides=(1, 11)) == "dot" and other.path(*long_, b_strides=(1, 768)).startswith("direct")
+    assert dot.path(37, 5, 300) == "dot" and other.path(37, 5, 300).startswith("direct")  # a row-major B, its columns copied
+    for (m, n, k), transposed in ((short, True), ((37, 5, 300), False)):
+        a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+        b = rng.uniform(-1, 1, (n, k)).astype(np.float32).T if transposed else rng.uniform(-1, 1, (k, n)).astype(np.float32)
+        for build in (dot, other):
+            c = np.full((m, n), np.nan, np.float32)
+            build.gemm(a, b, c)
+            assert error_ratio(c, a, b, dtype="float32") <= 1
