@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -40,3 +43,12 @@ def random_matrix(rng, shape, dtype, layout="C"):
 
 
 LAYOUTS = ("C", "F", "T", "strided", "negative")
+
+
+def benchmark_script(name):
+    """A script of benchmarks/ loaded as a module (they are not a package)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """benchmarks/ab_templates.py: the kernel it calls "before" comes from the other checkout's templates."""
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -9,19 +8,13 @@ import pytest
 
 from autogemm import analytic, api, render
 from autogemm.check import error_ratio
+from conftest import benchmark_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location("ab_templates", ROOT / "benchmarks" / "ab_templates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_before_is_rendered_from_the_other_checkout_and_both_are_timed(tmp_path, host, rng):
-    ab = _tool()
+    ab = benchmark_script("ab_templates")
     other = tmp_path / "before"
     shutil.copytree(ROOT / "autogemm", other / "autogemm", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(render.templates_dir(), other / "templates")
@@ -54,7 +47,7 @@ class _Recording:
 
 
 def test_a_burst_turn_times_its_calls_after_as_many_untimed_and_counts_their_median(host):
-    ab = _tool()
+    ab = benchmark_script("ab_templates")
     p = analytic.default_params(host, "float32")
     before = _Recording([1.0, 9.0, 1.0], p)  # the median hides one slow call
     after = _Recording([0.5, 0.5, 0.5], p)
@@ -68,7 +61,7 @@ def test_a_burst_turn_times_its_calls_after_as_many_untimed_and_counts_their_med
 
 
 def test_a_layout_stores_its_transposed_operands_and_says_so(host):
-    ab = _tool()
+    ab = benchmark_script("ab_templates")
     p = analytic.default_params(host, "float32")
     for layout, operands in [("nn", ((7, 5), (5, 3), False, False)), ("tn", ((5, 7), (5, 3), True, False)),
                              ("nt", ((7, 5), (3, 5), False, True)), ("tt", ((5, 7), (3, 5), True, True))]:

@@ -1,25 +1,14 @@
 """benchmarks/dot_choice.py: its two builds force and bar the dot path, and compute the same products."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from autogemm import analytic, api
 from autogemm.check import error_ratio
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("dot_choice", ROOT / "benchmarks" / "dot_choice.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import benchmark_script
 
 
 def test_the_dot_path_is_forced_in_one_build_and_barred_in_the_other(host, rng):
-    tool = _tool()
+    tool = benchmark_script("dot_choice")
     kernel = api.build(analytic.default_params(host, "float32"))
     dot, other = tool.variant(kernel, True), tool.variant(kernel, False)
     short, long_ = (8, 572, 11), (4, 2304, 768)  # the kernel takes the direct path, then the dot path
