@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from autogemm import analytic, api, bench, machine, toolchain
+from autogemm import analytic, api, machine, toolchain
 from autogemm.kernel import Kernel
-from autogemm.workload import Problem
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_templates import alternate  # noqa: E402  (a script beside this one)
 
 #: The comparisons in path() that choose the dot path for a transposed B (3) and a row-major one (4).
 _CHOICES = (r"(\w+)work\(3, m, n, k\) < \1work\(copied, m, n, k\)",
@@ -33,22 +36,6 @@ def variant(kernel: Kernel, dot: bool) -> Kernel:
             raise RuntimeError(f"path() no longer reads {choice!r}: update benchmarks/dot_choice.py")
     name = kernel.params.name + ("_dot" if dot else "_nodot")
     return Kernel(kernel.params, kernel.machine, toolchain.build_shared(source, name), source)
-
-
-def seconds(kernels: dict, problem: Problem, dtype: str, threads: int, rng, pairs: int, burst: int) -> dict:
-    """The median seconds of each kernel's call, timed in turns whose order flips each pair."""
-    trans = {"trans_a": False, "trans_b": problem.trans_b}
-    a, b, c, _ = bench.operands(problem, dtype, rng)
-    for kernel in kernels.values():
-        kernel.bench(a, b, threads=threads, warmup=2, reps=1, c=c, **trans)
-    times = {name: [] for name in kernels}
-    for i in range(pairs):
-        for name in (list(kernels) if i % 2 == 0 else list(kernels)[::-1]):
-            if threads > 1:
-                time.sleep(0.004)  # each build's helper threads asleep, as between a program's GEMMs
-            times[name].append(float(np.median(kernels[name].bench(a, b, threads=threads, warmup=burst, reps=burst,
-                                                                   c=c, **trans))))
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -73,10 +60,11 @@ def main(argv=None) -> int:
         if kernels["other"].path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot"):
             continue  # a column: the dot path either way
         small = 2.0 * m * n * k <= 2e6
-        t = seconds(kernels, Problem(m, n, k, trans_b=transposed), args.dtype, args.threads, rng,
-                    pairs=15 if small else 9, burst=7 if small else 3)
+        faster = alternate(kernels["other"], kernels["dot"], (m, n, k), args.threads, pairs=15 if small else 9, seed=i,
+                           pause=0.004 if args.threads > 1 else 0.0, burst=7 if small else 3,
+                           layout="nt" if transposed else "nn")["ratio"]["median"]  # dot's speed over the other's
         chose = kernel.path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot")
-        lost.append((t["dot" if chose else "other"] / min(t.values()), (m, n, k), "nt" if transposed else "nn", chose))
+        lost.append((max(1.0, 1 / faster if chose else faster), (m, n, k), "nt" if transposed else "nn", chose))
     ratios = np.array([x[0] for x in lost])
     print(f"{kernel.params.name}, {args.threads} thread(s): {len(lost)} shapes the dot path can take (seed {args.seed})")
     for ratio, (m, n, k), layout, chose in sorted(lost, reverse=True)[:args.show]:
