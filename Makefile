@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# One pytest worker per core (pytest-xdist): most of the suite's time is compiling kernels.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # numpy is timed beside autogemm: OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE would slow it, so unset them here.
 tune: $(STAMP)

@@ -1,4 +1,5 @@
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,12 @@ from autogemm import machine
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):
-    """Kernels built by the tests go to a cache of their own, never the user's."""
+    """Kernels built by the tests go to a cache of their own, never the user's; pytest-xdist's workers
+    share one (in the run's directory, above each worker's), as builds of one kernel are safe to race."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("AUTOGEMM_CACHE_DIR", str(tmp_path_factory.mktemp("kernel-cache")))
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    mp.setenv("AUTOGEMM_CACHE_DIR", str(run / "kernel-cache"))
     yield
     mp.undo()
 
