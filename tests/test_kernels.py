@@ -457,6 +457,34 @@ def test_the_dot_path(isa, dtype, threads, rng):
         assert set(wanted) <= {shape[index] for shape in dotted}
 
 
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
+    """Rows of A times a row-major B whose few columns are copied into rows first: with more rows of A
+    than columns of B, each thread copies all of B and takes a share of A's rows; with fewer, each
+    copies the columns it takes. alpha and beta over NaN, a bias, C contiguous and strided."""
+    kernel = api.build(param_grid(isa, dtype)[0])
+    dotted = set()
+    for m, n, k in [(200, 5, 1500), (300, 3, 4000), (37, 5, 3000), (1, 2, 2000), (2, 2, 500), (3, 6, 8000),
+                    (1, 8, 8000)]:
+        a = random_matrix(rng, (m, k), dtype)
+        b = random_matrix(rng, (k, n), dtype)
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        if kernel.path(m, n, k, threads=threads, bias=True) == "dot":
+            dotted.add((m, n, k))
+        for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
+            c = random_matrix(rng, (m, n), dtype, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
+            ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
+                                alpha, beta, dtype)
+            assert ratio <= 1, f"{m}x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
+    for shape in [(200, 5, 1500), (300, 3, 4000)]:  # B's columns copied, on every thread offered
+        assert shape in dotted and kernel.threads_used(*shape, threads) == threads
+
+
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 def test_empty_and_zero_k(isa, dtype, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
