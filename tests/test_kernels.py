@@ -485,6 +485,36 @@ def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
         assert shape in dotted and kernel.threads_used(*shape, threads) == threads
 
 
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_times_a_row_major_b(isa, dtype, threads, rng):
+    """x B for one row x (and y = A^T x, its C^T): B streamed row by row in strips of 8 KiB, eight rows a
+    pass. Widths across a vector and a strip, k across a pass, B's rows forwards and backwards, C
+    contiguous and strided, alpha and beta over NaN, a bias; on two threads, shares of the columns."""
+    kernel = api.build(param_grid(isa, dtype)[0])
+    vw, strip = kernel.params.vw, 8192 // np.dtype(dtype).itemsize
+    cases, direct = list(itertools.product([1, vw - 1, vw + 1, strip - 1, strip + vw + 3, 2 * strip + 5], [1, 7, 8, 9, 83])), 0
+    for n, k in cases:
+        a = random_matrix(rng, (1, k), dtype)
+        b = random_matrix(rng, (k, n), dtype)[::(-1) ** (n + k)]  # rows forwards or backwards
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        direct += kernel.path(1, n, k, elements(a), elements(b), threads=threads, bias=True) == "direct"
+        for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
+            c = random_matrix(rng, (1, n), dtype, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
+            ratio = error_ratio(c, np.hstack([a, np.ones((1, 1), dtype)]), np.vstack([b, bias]), before,
+                                alpha, beta, dtype)
+            assert ratio <= 1, f"1x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
+        y = np.full((n, 1), np.nan, dtype)  # y = B^T x^T: C^T is the row above
+        kernel.gemm(b.T, a.T, y, threads=threads)
+        assert n < strip or k == 1 or kernel.path(n, 1, k, elements(b.T), elements(a.T), threads=threads) == "direct of C^T"
+        assert error_ratio(y, b.T, a.T, dtype=dtype) <= 1, f"{n}x1x{k} on {threads}"
+    assert 3 * direct >= 2 * len(cases)  # the rest a column, or the dot path
+
+
 @pytest.mark.parametrize("isa, dtype", TEMPLATES)
 def test_empty_and_zero_k(isa, dtype, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
