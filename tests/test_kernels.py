@@ -21,17 +21,17 @@ def acc(dtype):
     return params.accumulator_dtype(dtype)
 
 
-def biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads):
-    """c := a @ b + bias + beta * c on `threads` threads forced, C first filled with NaN when beta = 0
-    (it must not be read); the error_ratio against float64, the bias as one more column of a and
-    one more row of b."""
+def biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha=1.0, forced=True):
+    """c := alpha * (a @ b + bias) + beta * c on `threads` threads (forced, or as many as the kernel
+    takes), C first filled with NaN when beta = 0 (it must not be read); the error_ratio against
+    float64, the bias as one more column of a and one more row of b."""
     if beta == 0:
         c[...] = np.nan
     before = np.array(c, np.float64)
-    kernel.gemm(a, b, c, beta=beta, bias=bias, threads=threads, force_threads=True)
+    kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads, force_threads=forced)
     with_bias_a = np.hstack([np.asarray(a, np.float64), np.ones((a.shape[0], 1))])
     with_bias_b = np.vstack([np.asarray(b, np.float64), bias.astype(np.float64)])
-    return error_ratio(c, with_bias_a, with_bias_b, before, 1.0, beta, dtype)
+    return error_ratio(c, with_bias_a, with_bias_b, before, alpha, beta, dtype)
 
 
 TEMPLATES = [
@@ -474,12 +474,7 @@ def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
             dotted.add((m, n, k))
         for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
             c = random_matrix(rng, (m, n), dtype, layout_c)
-            if beta == 0:
-                c[...] = np.nan
-            before = np.array(c, np.float64)
-            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
-            ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, bias]), before,
-                                alpha, beta, dtype)
+            ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
             assert ratio <= 1, f"{m}x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
     for shape in [(200, 5, 1500), (300, 3, 4000)]:  # B's columns copied, on every thread offered
         assert shape in dotted and kernel.threads_used(*shape, threads) == threads
@@ -501,12 +496,7 @@ def test_one_row_times_a_row_major_b(isa, dtype, threads, rng):
         direct += kernel.path(1, n, k, elements(a), elements(b), threads=threads, bias=True) == "direct"
         for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
             c = random_matrix(rng, (1, n), dtype, layout_c)
-            if beta == 0:
-                c[...] = np.nan
-            before = np.array(c, np.float64)
-            kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=threads)
-            ratio = error_ratio(c, np.hstack([a, np.ones((1, 1), dtype)]), np.vstack([b, bias]), before,
-                                alpha, beta, dtype)
+            ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
             assert ratio <= 1, f"1x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
         y = np.full((n, 1), np.nan, dtype)  # y = B^T x^T: C^T is the row above
         kernel.gemm(b.T, a.T, y, threads=threads)
