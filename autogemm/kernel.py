@@ -258,12 +258,15 @@ class Kernel:
         without packing A (a transposed B packed a panel at a time), where packing cannot pay for
         itself; or "dot", dot products along k, for a matrix times a column or a few rows times a
         transposed matrix; followed by " of C^T" where the kernel computes C^T = B^T A^T instead (a
-        narrow or column-major C)."""
+        narrow or column-major C), and by " + dot on the last P columns" where those columns, past the
+        last whole vector, take the dot path."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
         rsc, csc = c_strides or (n, 1)
         code = self._path(m, n, k, rsa, csa, rsb, csb, rsc, csc, bias, threads)
-        return ("packed", "direct", "dot", "dot", "dot", "direct")[code & 7] + (" of C^T" if code & 8 else "")
+        peel = code >> 4
+        return (("packed", "direct", "dot", "dot", "dot", "direct")[code & 7] + (" of C^T" if code & 8 else "")
+                + (f" + dot on the last {peel} column{'s' if peel > 1 else ''}" if peel else ""))
 
     def threads_used(self, m: int, n: int, k: int, threads: int) -> int:
         """The threads an m x n x k GEMM takes when `threads` are offered: one a Mflop of work, or

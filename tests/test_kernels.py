@@ -197,28 +197,33 @@ def elements(x):
     return tuple(s // x.itemsize for s in x.strides)
 
 
+def route(kernel, *shape, **strides_and_threads):
+    """kernel.path without the last columns it leaves to the dot path: the path its limits choose."""
+    return kernel.path(*shape, **strides_and_threads).split(" + ")[0]
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 def test_paths_without_packing_take_the_problems_packing_cannot_pay_for(isa, dtype):
     kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=128, direct_mflops=128))
-    assert kernel.path(1, 2, 1) == "direct"
-    assert kernel.path(100, 100, 100) == "direct"
-    assert kernel.path(384, 384, 384) == "direct"  # B stays in cache and the flops are few
-    assert kernel.path(512, 512, 512) == "packed"  # 268 Mflop on one thread: packing pays for itself
-    assert kernel.path(128, 768, 50304) == "direct"  # few rows: packed B would serve only 128
-    assert kernel.path(129, 768, 50304) == "packed"
-    assert kernel.path(100, 100, 100, b_strides=(1, 100)) == "direct"  # a transposed B, packed a panel at a time
-    assert kernel.path(129, 768, 50304, b_strides=(1, 50304)) == "packed"
-    assert kernel.path(100, 100, 100, c_strides=(200, 2)) == "direct"  # C's rows stored value by value
-    assert kernel.path(2048, 2048, 2048) == "packed"
-    assert kernel.path(4096, 768, 768) == "packed"
-    assert kernel.path(199, 1, 73) == "dot"  # a matrix times a column
-    assert kernel.path(1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
-    assert kernel.path(8, 2304, 768, b_strides=(1, 768)) == "dot"  # a small batch times a transposed weight
-    assert kernel.path(4, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
-    assert kernel.path(8, 300, 17, b_strides=(1, 17)) == "direct"  # short k: the sums across lanes are not
-    assert kernel.path(2, 1000, 4, b_strides=(1, 4)) == "direct"
-    assert kernel.path(199, 1, 73, a_strides=(1, 199)) == "direct of C^T"  # a column-major A times a column
-    assert kernel.path(1, 300, 17) == "direct"  # a row times a row-major matrix
+    assert route(kernel, 1, 2, 1) == "direct"
+    assert route(kernel, 100, 100, 100) == "direct"
+    assert route(kernel, 384, 384, 384) == "direct"  # B stays in cache and the flops are few
+    assert route(kernel, 512, 512, 512) == "packed"  # 268 Mflop on one thread: packing pays for itself
+    assert route(kernel, 128, 768, 50304) == "direct"  # few rows: packed B would serve only 128
+    assert route(kernel, 129, 768, 50304) == "packed"
+    assert route(kernel, 100, 100, 100, b_strides=(1, 100)) == "direct"  # a transposed B, packed a panel at a time
+    assert route(kernel, 129, 768, 50304, b_strides=(1, 50304)) == "packed"
+    assert route(kernel, 100, 100, 100, c_strides=(200, 2)) == "direct"  # C's rows stored value by value
+    assert route(kernel, 2048, 2048, 2048) == "packed"
+    assert route(kernel, 4096, 768, 768) == "packed"
+    assert route(kernel, 199, 1, 73) == "dot"  # a matrix times a column
+    assert route(kernel, 1, 300, 17, b_strides=(1, 17)) == "dot"  # a row times a transposed matrix
+    assert route(kernel, 8, 2304, 768, b_strides=(1, 768)) == "dot"  # a small batch times a transposed weight
+    assert route(kernel, 4, 300, 2048, b_strides=(1, 2048)) == "dot"  # long k: the sums across lanes are cheap
+    assert route(kernel, 8, 300, 17, b_strides=(1, 17)) == "direct"  # short k: the sums across lanes are not
+    assert route(kernel, 2, 1000, 4, b_strides=(1, 4)) == "direct"
+    assert route(kernel, 199, 1, 73, a_strides=(1, 199)) == "direct of C^T"  # a column-major A times a column
+    assert route(kernel, 1, 300, 17) == "direct"  # a row times a row-major matrix
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
@@ -276,15 +281,15 @@ def test_the_direct_flops_limit_is_per_thread():
     threads a GEMM gets (at least ~1 Mflop each), not those offered."""
     kernel = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=10,
                                                                        direct_threaded=1))
-    assert kernel.path(160, 160, 160) == "direct"  # 8.2 Mflop
-    assert kernel.path(200, 200, 200) == "packed"  # 16 Mflop
-    assert kernel.path(200, 200, 200, threads=2) == "direct"
-    assert kernel.path(280, 280, 280, threads=2) == "packed"  # 44 Mflop
-    assert kernel.path(280, 280, 280, threads=5) == "direct"
+    assert route(kernel, 160, 160, 160) == "direct"  # 8.2 Mflop
+    assert route(kernel, 200, 200, 200) == "packed"  # 16 Mflop
+    assert route(kernel, 200, 200, 200, threads=2) == "direct"
+    assert route(kernel, 280, 280, 280, threads=2) == "packed"  # 44 Mflop
+    assert route(kernel, 280, 280, 280, threads=5) == "direct"
     few = api.build(analytic.default_params(HOST, "float32").replace(direct_m=0, direct_mflops=1,
                                                                     direct_threaded=1))
-    assert few.path(110, 110, 110, threads=3) == "packed"  # 2.7 Mflop gets two threads, not three
-    assert few.path(110, 110, 110, threads=64) == "packed"
+    assert route(few, 110, 110, 110, threads=3) == "packed"  # 2.7 Mflop gets two threads, not three
+    assert route(few, 110, 110, 110, threads=64) == "packed"
 
 
 def test_the_direct_limits_are_the_kernels_own():
@@ -292,12 +297,12 @@ def test_the_direct_limits_are_the_kernels_own():
     of path is code that every template shares, so one template checks it."""
     base = analytic.default_params(HOST, "float32")
     kernel = api.build(base.replace(direct_m=48, direct_mflops=16))
-    assert kernel.path(48, 3072, 768) == "direct"  # few rows, however large B
-    assert kernel.path(49, 3072, 768) == "packed"
-    assert kernel.path(256, 768, 50304) == "packed"
-    assert kernel.path(160, 160, 160) == "direct"  # 8.2 Mflop
-    assert kernel.path(256, 256, 256) == "packed"  # 34 Mflop
-    assert kernel.path(512, 512, 512) == "packed"
+    assert route(kernel, 48, 3072, 768) == "direct"  # few rows, however large B
+    assert route(kernel, 49, 3072, 768) == "packed"
+    assert route(kernel, 256, 768, 50304) == "packed"
+    assert route(kernel, 160, 160, 160) == "direct"  # 8.2 Mflop
+    assert route(kernel, 256, 256, 256) == "packed"  # 34 Mflop
+    assert route(kernel, 512, 512, 512) == "packed"
     off = api.build(base.replace(direct_m=0, direct_mflops=0))
     assert off.path(1, 300, 17) == "packed" and off.path(8, 8, 8) == "packed"
     assert off.path(199, 1, 73) == "dot"  # the dot path has its own limits
@@ -365,7 +370,7 @@ def test_the_direct_path_matches_float64_reference(isa, dtype, layout_a, layout_
                     c[...] = np.nan  # beta == 0 must never read C
                 before = np.array(c, np.float64)
                 if n > 1:  # (or dot products along rows of A, for a C small beside k)
-                    path = kernel.path(m, n, k, elements(a), elements(b), elements(c), bias=True)
+                    path = route(kernel, m, n, k, elements(a), elements(b), elements(c), bias=True)
                     assert path == "direct" or path == "dot" and elements(a)[1] == 1
                 kernel.gemm(a, b, c, alpha=alpha, beta=beta, bias=bias * alpha, threads=1)
                 ratio = error_ratio(c, with_bias_a, with_bias_b, before, alpha, beta, dtype)
@@ -397,7 +402,7 @@ def test_the_direct_path_packs_a_transposed_b_a_panel_at_a_time(isa, dtype, layo
             if beta == 0:
                 c[...] = np.nan  # beta == 0 must never read C
             before = np.array(c, np.float64)
-            path = kernel.path(m, n, k, elements(a), elements(b), elements(c), threads, bias=True)
+            path = route(kernel, m, n, k, elements(a), elements(b), elements(c), threads, bias=True)
             assert path == "direct" or path == "dot" and (elements(a)[1] == 1 or k == 1), (m, n, k, path)
             direct += path == "direct"
             assert threads == 1 or kernel.threads_used(m, n, k, threads) == threads
@@ -412,7 +417,7 @@ def test_the_direct_path_packs_a_transposed_b_a_panel_at_a_time(isa, dtype, layo
 @pytest.mark.parametrize("m, n, k", [(150, 130, 60), (5, 2000, 200), (16, 900, 300)])  # rows, then columns, split
 def test_the_direct_path_on_two_threads(isa, dtype, m, n, k, rng):
     kernel = api.build(param_grid(isa, dtype)[0])
-    assert 2 * m * n * k >= 2e6 and kernel.path(m, n, k) == "direct"  # enough work for a second thread
+    assert 2 * m * n * k >= 2e6 and route(kernel, m, n, k) == "direct"  # enough work for a second thread
     a = random_matrix(rng, (m, k), dtype, "T")
     b = random_matrix(rng, (k, n), dtype)
     c = np.full((m, n), np.nan, dtype)
@@ -478,6 +483,36 @@ def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
             assert ratio <= 1, f"{m}x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
     for shape in [(200, 5, 1500), (300, 3, 4000)]:  # B's columns copied, on every thread offered
         assert shape in dotted and kernel.threads_used(*shape, threads) == threads
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_columns_past_the_last_whole_vector_take_the_dot_path(isa, dtype, threads, rng):
+    """C's last n mod VW columns by the dot path, the rest direct or packed: alpha and beta over NaN, a
+    bias, C contiguous and strided; and the last columns of C^T where the kernel computes C^T (A, B and
+    C column-major)."""
+    base = param_grid(isa, dtype)[0]
+    vw, nr = base.vw, base.nr
+    kernels = {"direct": api.build(base), "packed": api.build(base.replace(direct_m=0, direct_mflops=0))}
+    for way, (m, n, k) in [("direct", (34, 2 * vw + 1, 1021)), ("direct", (300, 3 * vw + 2, 300)),
+                           ("packed", (600, 8 * nr + 1, 128))]:
+        kernel = kernels[way]
+        assert kernel.path(m, n, k, threads=threads, bias=True) == f"{way} + dot on the last {n % vw} column" + (
+            "s" if n % vw > 1 else "")
+        a = random_matrix(rng, (m, k), dtype)
+        b = random_matrix(rng, (k, n), dtype)
+        bias = rng.uniform(-1, 1, n).astype(dtype)
+        for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
+            c = random_matrix(rng, (m, n), dtype, layout_c)
+            ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
+            assert ratio <= 1, f"{way} {m}x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
+    m, n, k = 2 * vw + 1, 34, 1021  # column-major: C^T = B^T A^T, 34 x (2 VW + 1)
+    a, b = np.asfortranarray(random_matrix(rng, (m, k), dtype)), np.asfortranarray(random_matrix(rng, (k, n), dtype))
+    c = np.full((m, n), np.nan, dtype, order="F")
+    kernel = kernels["direct"]
+    assert kernel.path(m, n, k, elements(a), elements(b), elements(c), threads) == "direct of C^T + dot on the last 1 column"
+    kernel.gemm(a, b, c, threads=threads)
+    assert error_ratio(c, a, b, dtype=dtype) <= 1
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
