@@ -56,3 +56,8 @@ def benchmark_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def route(kernel, *shape, **strides_and_threads):
+    """kernel.path without the last columns it leaves to the dot path: the path its limits choose."""
+    return kernel.path(*shape, **strides_and_threads).split(" + ")[0]

@@ -11,7 +11,7 @@ import pytest
 from autogemm import analytic, api, machine, params
 from autogemm.check import error_ratio
 
-from conftest import random_matrix
+from conftest import random_matrix, route
 
 HOST = machine.detect()
 
@@ -195,11 +195,6 @@ def unit_column_stride(rng, shape, dtype, layout):
 def elements(x):
     """x's strides in elements."""
     return tuple(s // x.itemsize for s in x.strides)
-
-
-def route(kernel, *shape, **strides_and_threads):
-    """kernel.path without the last columns it leaves to the dot path: the path its limits choose."""
-    return kernel.path(*shape, **strides_and_threads).split(" + ")[0]
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)

@@ -16,6 +16,7 @@ from autogemm import kernel as kernel_module
 from autogemm.evaluate import CORRECTNESS, CRASH, OK, TIMEOUT, Request, Result, Worker
 from autogemm.params import KernelParams
 from autogemm.workload import Problem
+from conftest import route
 
 HOST = machine.detect()
 
@@ -161,9 +162,9 @@ def test_warm_start_tries_the_default_on_the_other_path(shape, threads, other):
     assert paths == ([other] if other else [])
     for choices in first:
         params = search.params_from_choices(HOST, "float32", choices, problem)
-        taken = api.build(params).path(*shape, threads=threads)
-        assert taken == (other if choices["path"] != "default" else api.build(
-            analytic.default_params(HOST, "float32")).path(*shape, threads=threads))
+        taken = route(api.build(params), *shape, threads=threads)
+        assert taken == (other if choices["path"] != "default" else route(
+            api.build(analytic.default_params(HOST, "float32")), *shape, threads=threads))
 
 
 def test_interrupted_search_resumes_without_losing_trials(tmp_path):
@@ -423,12 +424,12 @@ def test_the_path_choice_sends_the_searched_problem_down_that_path(shape, thread
     paths = {}
     for path in search.PATHS:
         params = search.params_from_choices(HOST, "float32", {**choices, "path": path}, Problem(*shape))
-        paths[path] = api.build(params).path(*shape, threads=threads)
+        paths[path] = route(api.build(params), *shape, threads=threads)
         if path == "default":
             assert (params.direct_m, params.direct_mflops, params.direct_threaded) == (
                 default.direct_m, default.direct_mflops, default.direct_threaded)
     assert paths["direct"] == "direct" and paths["packed"] == "packed"
-    assert paths["default"] == api.build(default).path(*shape, threads=threads)
+    assert paths["default"] == route(api.build(default), *shape, threads=threads)
 
 
 def test_time_to_within_3pct_is_when_the_search_first_measured_a_near_best_kernel():
