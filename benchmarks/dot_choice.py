@@ -28,25 +28,36 @@ _CHOICES = (r"(\w+)work\(3, m, n, k\) < \1work\(copied, m, n, k\)",
             r"< \1routed_work\(direct, m, n, k, \1peel\(direct, m, n, k, csa, csb, nthreads\), nthreads\)")
 
 
+def rebuilt(kernel: Kernel, rules: list[tuple[str, str]], suffix: str) -> Kernel:
+    """`kernel` rebuilt with the one match in its source of each pattern of `rules` replaced by its text,
+    named with `suffix` after the kernel's name."""
+    source = kernel.source
+    for pattern, text in rules:
+        source, found = re.subn(pattern, text, source)
+        if found != 1:
+            raise RuntimeError(f"the kernel's source no longer reads {pattern!r}: update the script that edits it")
+    return Kernel(kernel.params, kernel.machine, toolchain.build_shared(source, kernel.params.name + suffix), source)
+
+
 def variant(kernel: Kernel, dot: bool) -> Kernel:
     """`kernel` rebuilt with the dot path taken wherever it is possible (dot) or nowhere."""
-    source = kernel.source
-    for choice in _CHOICES:
-        source, found = re.subn(choice, "1" if dot else "0", source)
-        if found != 1:
-            raise RuntimeError(f"path() no longer reads {choice!r}: update benchmarks/dot_choice.py")
-    name = kernel.params.name + ("_dot" if dot else "_nodot")
-    return Kernel(kernel.params, kernel.machine, toolchain.build_shared(source, name), source)
+    return rebuilt(kernel, [(choice, "1" if dot else "0") for choice in _CHOICES], "_dot" if dot else "_nodot")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def choice_parser(description: str, count: int, counted: str) -> argparse.ArgumentParser:
+    """The arguments of a script that times a kernel's choice on random shapes."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--isa", help="the analytic default on this ISA (avx2, portable) rather than the best")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--count", type=int, default=400, help="random shapes drawn (those the dot path can take are timed)")
+    parser.add_argument("--count", type=int, default=count, help=f"random shapes drawn ({counted} are timed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--show", type=int, default=10, help="the worst choices shown")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = choice_parser(__doc__.splitlines()[0], 400, "those the dot path can take")
     args = parser.parse_args(argv)
     kernel = api.build(analytic.default_params(machine.detect(), args.dtype, isa=args.isa))
     kernels = {"dot": variant(kernel, True), "other": variant(kernel, False)}

@@ -8,19 +8,18 @@ over the other's (below 1: the other was faster).
 
 from __future__ import annotations
 
-import argparse
 import math
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from autogemm import analytic, api, machine, toolchain
+from autogemm import analytic, api, machine
 from autogemm.kernel import Kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_templates import alternate  # noqa: E402  (a script beside this one)
+from ab_templates import alternate  # noqa: E402  (scripts beside this one)
+from dot_choice import choice_parser, rebuilt  # noqa: E402
 
 #: The comparison in peel() that decides whether C's last n mod VW columns take the dot path.
 _CHOICE = r"return (\w+)routed_work\(route, m, n, k, tail, nthreads\) < 0\.97 \* \1work\(route, m, n, k\) \? tail : 0;"
@@ -28,22 +27,11 @@ _CHOICE = r"return (\w+)routed_work\(route, m, n, k, tail, nthreads\) < 0\.97 \*
 
 def variant(kernel: Kernel, peel: bool) -> Kernel:
     """`kernel` rebuilt peeling C's last columns wherever it may (peel) or nowhere."""
-    source, found = re.subn(_CHOICE, "return tail;" if peel else "return 0;", kernel.source)
-    if found != 1:
-        raise RuntimeError(f"peel() no longer reads {_CHOICE!r}: update benchmarks/peel_choice.py")
-    name = kernel.params.name + ("_peel" if peel else "_nopeel")
-    return Kernel(kernel.params, kernel.machine, toolchain.build_shared(source, name), source)
+    return rebuilt(kernel, [(_CHOICE, "return tail;" if peel else "return 0;")], "_peel" if peel else "_nopeel")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--isa", help="the analytic default on this ISA (avx2, portable) rather than the best")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--count", type=int, default=150, help="random shapes drawn (those where the choice matters are timed)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--show", type=int, default=10, help="the worst choices shown")
-    args = parser.parse_args(argv)
+    args = choice_parser(__doc__.splitlines()[0], 150, "those where the choice matters").parse_args(argv)
     kernel = api.build(analytic.default_params(machine.detect(), args.dtype, isa=args.isa))
     builds = {True: variant(kernel, True), False: variant(kernel, False)}
     rng = np.random.default_rng(args.seed)
