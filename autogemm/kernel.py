@@ -259,14 +259,16 @@ class Kernel:
         itself; or "dot", dot products along k, for a matrix times a column or a few rows times a
         transposed matrix; followed by " of C^T" where the kernel computes C^T = B^T A^T instead (a
         narrow or column-major C), and by " + dot on the last P columns" where those columns, past the
-        last whole vector, take the dot path."""
+        last whole vector, take the dot path, or " + direct of C^T on the last P columns" where they
+        are computed as their C^T on the direct path."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
         rsc, csc = c_strides or (n, 1)
         code = self._path(m, n, k, rsa, csa, rsb, csb, rsc, csc, bias, threads)
-        peel = code >> 4
+        peel = code >> 5
         return (("packed", "direct", "dot", "dot", "dot", "direct")[code & 7] + (" of C^T" if code & 8 else "")
-                + (f" + dot on the last {peel} column{'s' if peel > 1 else ''}" if peel else ""))
+                + (f" + {'direct of C^T' if code & 16 else 'dot'} on the last {peel} column{'s' if peel > 1 else ''}"
+                   if peel else ""))
 
     def threads_used(self, m: int, n: int, k: int, threads: int) -> int:
         """The threads an m x n x k GEMM takes when `threads` are offered: one a Mflop of work, or

@@ -22,7 +22,7 @@ from ab_templates import alternate  # noqa: E402  (scripts beside this one)
 from dot_choice import choice_parser, rebuilt  # noqa: E402
 
 #: The comparison in peel() that decides whether C's last n mod VW columns take the dot path.
-_CHOICE = r"return (\w+)routed_work\(route, m, n, k, tail, nthreads\) < 0\.97 \* \1work\(route, m, n, k\) \? tail : 0;"
+_CHOICE = r"return \(\*by_dot \? with_dot : with_transposed\) < 0\.97 \* \w+work\(route, m, n, k\) \? tail : 0;"
 
 
 def variant(kernel: Kernel, peel: bool) -> Kernel:

@@ -227,23 +227,23 @@ def test_a_narrow_or_column_major_c_is_computed_as_c_transposed(isa, dtype):
     would pad lanes that C^T's do not, and a column-major C where C^T needs no more packing."""
     kernel = api.build(param_grid(isa, dtype)[0].replace(direct_m=128, direct_mflops=128))
     vw = kernel.params.vw
-    assert kernel.path(1000, 5, 300, a_strides=(1, 1000)) == "direct of C^T"  # B^T's rows times A^T
-    assert kernel.path(1000, 5, 300, a_strides=(1, 1000), bias=True) == "direct"
-    assert kernel.path(1000, 5, 300, b_strides=(1, 300)) == "dot"  # C small beside k: along k, as it is
-    assert kernel.path(1024, vw - 3, 300, a_strides=(1, 1024)) == "direct of C^T"
+    assert route(kernel, 1000, 5, 300, a_strides=(1, 1000)) == "direct of C^T"  # B^T's rows times A^T
+    assert route(kernel, 1000, 5, 300, a_strides=(1, 1000), bias=True) == "direct"
+    assert route(kernel, 1000, 5, 300, b_strides=(1, 300)) == "dot"  # C small beside k: along k, as it is
+    assert route(kernel, 1024, vw - 3, 300, a_strides=(1, 1024)) == "direct of C^T"
     nr = kernel.params.nr  # whole tiles either way: C as it is, stored by rows
-    assert kernel.path(1024, nr, 300, a_strides=(1, 1024)) == "direct"
-    assert kernel.path(1, 1, 100) == "dot" and kernel.path(vw, vw, vw) == "direct"  # square: C as it is
-    assert kernel.path(2048, 2048, 2048, c_strides=(1, 2048)) == "packed of C^T"  # column-major C
+    assert route(kernel, 1024, nr, 300, a_strides=(1, 1024)) == "direct"
+    assert route(kernel, 1, 1, 100) == "dot" and route(kernel, vw, vw, vw) == "direct"  # square: C as it is
+    assert route(kernel, 2048, 2048, 2048, c_strides=(1, 2048)) == "packed of C^T"  # column-major C
     if dtype == "float32":  # C^T packs B^T's panels and stores by rows: 5% less work by every float32 template's tiles
-        assert kernel.path(100, 100, 100, c_strides=(1, 100)) == "direct of C^T"
-    assert kernel.path(40, 300, 300, c_strides=(1, 40)) == "direct"  # ... where that saves too little
-    assert kernel.path(128, 3000, 768, c_strides=(1, 128)) == "direct"  # C^T would need packing A too
-    assert kernel.path(100, 100, 100, a_strides=(1, 100), c_strides=(1, 100)) == "direct of C^T"
+        assert route(kernel, 100, 100, 100, c_strides=(1, 100)) == "direct of C^T"
+    assert route(kernel, 40, 300, 300, c_strides=(1, 40)) == "direct"  # ... where that saves too little
+    assert route(kernel, 128, 3000, 768, c_strides=(1, 128)) == "direct"  # C^T would need packing A too
+    assert route(kernel, 100, 100, 100, a_strides=(1, 100), c_strides=(1, 100)) == "direct of C^T"
     tight = api.build(param_grid(isa, dtype)[0].replace(direct_m=48, direct_mflops=16))
     # Too many flops for the direct path: B's few columns copied to rows, or A^T's rows read in place.
-    assert tight.path(8192, vw // 2, 768) == "dot"
-    assert tight.path(8192, vw // 2, 768, a_strides=(1, 8192)) == "direct of C^T"
+    assert route(tight, 8192, vw // 2, 768) == "dot"
+    assert route(tight, 8192, vw // 2, 768, a_strides=(1, 8192)) == "direct of C^T"
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
@@ -508,6 +508,34 @@ def test_the_columns_past_the_last_whole_vector_take_the_dot_path(isa, dtype, th
     assert kernel.path(m, n, k, elements(a), elements(b), elements(c), threads) == "direct of C^T + dot on the last 1 column"
     kernel.gemm(a, b, c, threads=threads)
     assert error_ratio(c, a, b, dtype=dtype) <= 1
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_columns_past_the_last_whole_vector_of_a_transposed_a_take_their_c_transposed(isa, dtype, threads, rng):
+    """With A's columns contiguous (A transposed), C's last n mod VW columns as their C^T = B_tail^T A^T
+    on the direct path, the rest direct (B row-major, or transposed: its panels packed) or packed: alpha
+    and beta over NaN, C contiguous and strided. Not with a bias, which runs along C^T's columns."""
+    base = param_grid(isa, dtype)[0]
+    vw, nr = base.vw, base.nr
+    kernels = {"direct": api.build(base), "packed": api.build(base.replace(direct_m=0, direct_mflops=0))}
+    for way, (m, n, k), layout_b in [("direct", (669, 2 * vw + 1, 27), "T"), ("direct", (300, 3 * vw + 2, 300), "C"),
+                                     ("packed", (600, 8 * nr + 1, 128), "C")]:
+        kernel = kernels[way]
+        a = random_matrix(rng, (m, k), dtype, "T")
+        b = random_matrix(rng, (k, n), dtype, layout_b)
+        tail = f" + direct of C^T on the last {n % vw} column" + ("s" if n % vw > 1 else "")
+        path = kernel.path(m, n, k, elements(a), elements(b), threads=threads)
+        assert path == way + tail or way == "packed" and path == way, (m, n, k, path)  # packed: where it pays
+        assert kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == way
+        for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
+            c = random_matrix(rng, (m, n), dtype, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=threads)
+            ratio = error_ratio(c, a, b, before, alpha, beta, dtype)
+            assert ratio <= 1, f"{way} {m}x{n}x{k} on {threads} {layout_c} beta={beta}: {ratio}"
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
