@@ -25,7 +25,7 @@ from ab_templates import alternate  # noqa: E402  (a script beside this one)
 #: The comparisons in path() that choose the dot path for a transposed B (3) and a row-major one (4).
 _CHOICES = (r"(\w+)work\(3, m, n, k\) < \1work\(copied, m, n, k\)",
             r"(\w+)work\(4, m, n, k\) \+ copies \* \1copy_work\(n, k\)\s*"
-            r"< \1peeled_work\(direct, m, n, k, rsa, csa, csb, 0, nthreads\)")
+            r"< \1peeled_work\(direct, m, n, k, rsa, csa, rsb, csb, 0, nthreads\)")
 
 
 def rebuilt(kernel: Kernel, rules: list[tuple[str, str]], suffix: str) -> Kernel:

@@ -22,7 +22,7 @@ from ab_templates import alternate  # noqa: E402  (scripts beside this one)
 from dot_choice import choice_parser, rebuilt  # noqa: E402
 
 #: The comparison in peel() that decides whether C's last n mod VW columns take the dot path.
-_CHOICE = r"return \(\*by_dot \? with_dot : with_transposed\) < 0\.97 \* \w+work\(route, m, n, k\) \? tail : 0;"
+_CHOICE = r"return \(\*how == 1 \? with_transposed : with_dot\) < 0\.97 \* \w+work\(route, m, n, k\) \? tail : 0;"
 
 
 def variant(kernel: Kernel, peel: bool) -> Kernel:
@@ -38,8 +38,9 @@ def main(argv=None) -> int:
     results = []
     for i in range(args.count):
         m, n, k = (int(round(math.exp(rng.uniform(0, math.log(hi))))) for hi in (1000, 1000, 2000))
-        layout = "tn" if i % 2 else "nn"  # A transposed: its rows are not contiguous, so only C^T may peel
-        strides = {"a_strides": (1, m) if layout == "tn" else (k, 1), "threads": args.threads}
+        layout = ("nn", "tn", "nt")[i % 3]  # the tail by the dot path (copied or not), or as its C^T
+        strides = {"a_strides": (1, m) if layout[0] == "t" else (k, 1), "b_strides": (1, k) if layout[1] == "t" else (n, 1),
+                   "threads": args.threads}
         paths = {peel: build.path(m, n, k, **strides) for peel, build in builds.items()}
         if paths[True] == paths[False]:
             continue

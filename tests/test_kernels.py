@@ -483,19 +483,20 @@ def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_columns_past_the_last_whole_vector_take_the_dot_path(isa, dtype, threads, rng):
-    """C's last n mod VW columns by the dot path, the rest direct or packed: alpha and beta over NaN, a
-    bias, C contiguous and strided; and the last columns of C^T where the kernel computes C^T (A, B and
-    C column-major)."""
+    """C's last n mod VW columns by the dot path (B row-major: their copy; transposed: its rows), the
+    rest direct or packed: alpha and beta over NaN, a bias, C contiguous and strided; and the last
+    columns of C^T where the kernel computes C^T (A, B and C column-major)."""
     base = param_grid(isa, dtype)[0]
     vw, nr = base.vw, base.nr
     kernels = {"direct": api.build(base), "packed": api.build(base.replace(direct_m=0, direct_mflops=0))}
-    for way, (m, n, k) in [("direct", (34, 2 * vw + 1, 1021)), ("direct", (300, 3 * vw + 2, 300)),
-                           ("packed", (600, 8 * nr + 1, 128))]:
+    for way, (m, n, k), layout_b in [("direct", (34, 2 * vw + 1, 1021), "C"), ("direct", (300, 3 * vw + 2, 300), "C"),
+                                     ("packed", (600, 8 * nr + 1, 128), "C"), ("direct", (669, 2 * vw + 1, 27), "T"),
+                                     ("packed", (600, 8 * nr + 1, 128), "T")]:
         kernel = kernels[way]
-        assert kernel.path(m, n, k, threads=threads, bias=True) == f"{way} + dot on the last {n % vw} column" + (
-            "s" if n % vw > 1 else "")
         a = random_matrix(rng, (m, k), dtype)
-        b = random_matrix(rng, (k, n), dtype)
+        b = random_matrix(rng, (k, n), dtype, layout_b)
+        assert kernel.path(m, n, k, b_strides=elements(b), threads=threads, bias=True) == (
+            f"{way} + dot on the last {n % vw} column" + ("s" if n % vw > 1 else ""))
         bias = rng.uniform(-1, 1, n).astype(dtype)
         for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
             c = random_matrix(rng, (m, n), dtype, layout_c)
