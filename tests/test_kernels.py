@@ -730,7 +730,7 @@ def test_a_transposed_b_whose_columns_span_64_kib_is_packed_right_while_prefetch
     are packed: by the direct path (all of k in one panel) and the packed one (kc at a time), with k
     not a multiple of 16 and a last panel narrower than NR."""
     kernel = api.load(dtype)
-    n = 2 * kernel.params.nr + 7  # wide enough that the dot path does more work
+    n = 2 * kernel.params.nr + kernel.params.vw  # wide enough that the dot path does more work; whole vectors
     for m, k, packed in ((kernel.params.direct_m, 1301, False), (4 * kernel.params.mr + 1, 2 * kernel.params.kc + 37, True)):
         assert kernel.params.nr * k * np.dtype(dtype).itemsize >= 65536  # a whole panel's columns span 64 KiB
         a, b = random_matrix(rng, (m, k), dtype), random_matrix(rng, (k, n), dtype, "T")
