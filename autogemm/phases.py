@@ -20,7 +20,7 @@ class PhaseRow:
     shape: tuple
     threads: int
     kernel: str
-    path: str  # "packed", "direct" or "dot" (" of C^T", " + dot on the last P columns"): the packed path has phases
+    path: str  # kernel.path: "packed", "direct" or "dot", and more (" of C^T"); the packed path has phases
     gflops: float  # of the median call, which the rest describe
     share: dict  # phase -> its part of the threads' time (wall seconds x threads)
     other: float  # the rest: waiting for other threads, loops and calls outside the phases

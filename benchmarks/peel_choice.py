@@ -1,4 +1,4 @@
-"""How well the kernel chooses to leave C's last columns to the dot path (peel() in the templates): on
+"""How well the kernel chooses to leave C's last columns to a path of their own (peel() in the templates): on
 random shapes where peeling or not changes the path, time the kernel's own choice against the other
 (peeling forced, or barred), both in one process and alternating, and report the speed of the choice
 over the other's (below 1: the other was faster).
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_templates import alternate  # noqa: E402  (scripts beside this one)
 from dot_choice import choice_parser, rebuilt  # noqa: E402
 
-#: The comparison in peel() that decides whether C's last n mod VW columns take the dot path.
+#: The comparison in peel() that decides whether C's last n mod VW columns take a path of their own.
 _CHOICE = r"return \(\*how == 1 \? with_transposed : with_dot\) < 0\.97 \* \w+work\(route, m, n, k\) \? tail : 0;"
 
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
           f"(seed {args.seed})")
     for speed, (m, n, k), layout, taken, other in sorted(results)[:args.show]:
         print(f"  {speed:5.3f}  {m}x{n}x{k} {layout}: took {taken!r}, not {other!r}")
-    peeled = [r[0] for r in results if " + dot" in r[3]]
+    peeled = [r[0] for r in results if " + " in r[3]]
     print(f"the choice's speed over the other's: geometric mean {math.exp(np.log(speeds).mean()):.3f}, "
           f"below 0.95: {int((speeds < 0.95).sum())}; where it peeled: {len(peeled)} shapes, "
           f"lowest {min(peeled, default=float('nan')):.3f}")
