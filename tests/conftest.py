@@ -59,5 +59,5 @@ def benchmark_script(name):
 
 
 def route(kernel, *shape, **strides_and_threads):
-    """kernel.path without the last columns it leaves to the dot path: the path its limits choose."""
+    """kernel.path without the last columns it leaves to a path of their own: the path its limits choose."""
     return kernel.path(*shape, **strides_and_threads).split(" + ")[0]
