@@ -569,15 +569,16 @@ def test_one_row_times_a_row_major_b(isa, dtype, threads, rng):
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_few_rows_times_a_row_major_b(isa, dtype, threads, rng):
-    """2 to 4 rows x B, B streamed row by row once for all of them where it is read from memory (past 2 x
-    NC x KC: the tiny blocks' kernel), its rows lie 4 KiB apart (the default's, on a wider array), or
-    for two rows: widths across a vector and a strip of sums, k across a pass, B's rows forwards and
-    backwards, A row-major and transposed, C contiguous and strided, alpha and beta over NaN, a bias."""
+    """2 to 8 rows x B, B streamed row by row once for up to 8 of them (4 on 16-register ISAs) where it is
+    read from memory (past NC x KC: the tiny blocks' kernel), for up to 4 where its rows lie 4 KiB apart
+    (the default's, on a wider array), and for two always: widths across a vector and a strip of sums, k
+    across a pass, B's rows forwards and backwards, A row-major and transposed, C contiguous and strided,
+    alpha and beta over NaN, a bias."""
     vw, itemsize = param_grid(isa, dtype)[0].vw, np.dtype(dtype).itemsize
     direct = total = 0
     for kernel, wide in [(api.build(param_grid(isa, dtype)[0]), 4096 // itemsize), (api.build(param_grid(isa, dtype)[1]), None)]:
         strip = 16384 // itemsize  # the sums of rows_direct, all rows together
-        for m in range(2, min(4, kernel.params.mr) + 1):
+        for m in range(2, 9):
             for n, k in [(kernel.params.nr + 1, 9), (strip // m + vw + 3, 83), (strip // m - 1, 8), (2 * strip // m + 5, 17), (vw * 9 + 1, 7)]:
                 n = min(n, wide) if wide else n
                 stored = random_matrix(rng, (k, wide or n), dtype)[:, :n]
