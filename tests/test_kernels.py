@@ -459,6 +459,29 @@ def test_the_dot_path(isa, dtype, threads, rng):
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
+def test_the_dot_path_from_memory(isa, dtype, threads, rng):
+    """The dot path where its outer rows come from memory (past NC x KC: the tiny blocks' kernel), whose
+    steps prefetch the next group of four: a column, and batches times a transposed matrix, with and
+    without a bias (W's rows outer, or A's as C^T's), k around the vector width."""
+    kernel = api.build(param_grid(isa, dtype)[1])
+    vw = kernel.params.vw
+    dotted = 0
+    for (m, n), k in itertools.product([(9, 1), (37, 1), (1, 37), (2, 9), (5, 37), (8, 13), (37, 6)], [vw + 1, 3 * vw + 5]):
+        a = random_matrix(rng, (m, k), dtype)
+        b = random_matrix(rng, (k, n), dtype, "C" if n == 1 else "T")
+        for bias in (None, rng.uniform(-1, 1, n).astype(dtype)):
+            dotted += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=bias is not None) == "dot"
+            c = np.full((m, n), np.nan, dtype)
+            kernel.gemm(a, b, c, bias=bias, threads=threads)
+            with_bias = np.zeros(n) if bias is None else bias.astype(np.float64)
+            ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, with_bias.astype(dtype)]),
+                                dtype=dtype)
+            assert ratio <= 1, f"{m}x{n}x{k} bias={bias is not None}: {ratio}"
+    assert dotted >= 8
+
+
+@pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
+@pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
     """Rows of A times a row-major B whose few columns are copied into rows first: with more rows of A
     than columns of B, each thread copies all of B and takes a share of A's rows; with fewer, each
