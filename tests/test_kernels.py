@@ -460,24 +460,30 @@ def test_the_dot_path(isa, dtype, threads, rng):
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_from_memory(isa, dtype, threads, rng):
-    """The dot path where its outer rows come from memory (past NC x KC: the tiny blocks' kernel), whose
-    steps prefetch the next group of four: a column, and batches times a transposed matrix, with and
-    without a bias (W's rows outer, or A's as C^T's), k around the vector width."""
+    """The dot path where its outer rows come from memory (past 2 x NC x KC: the tiny blocks' kernel),
+    whose steps prefetch the next group: a column, and batches times a transposed matrix, with and
+    without a bias (W's rows outer, or A's as C^T's), k around the vector width. One or two rows on the
+    inner side take eight outer rows at a time: whole groups of eight and a part of one; and the last
+    column of a row-major B peeled off to the dot path, A's rows outer, one bias for all of them."""
     kernel = api.build(param_grid(isa, dtype)[1])
     vw = kernel.params.vw
-    dotted = 0
-    for (m, n), k in itertools.product([(9, 1), (37, 1), (1, 37), (2, 9), (5, 37), (8, 13), (37, 6)], [vw + 1, 3 * vw + 5]):
+    dotted = peeled = 0
+    shapes = [(9, 1), (37, 1), (40, 1), (1, 37), (1, 40), (2, 9), (2, 37), (37, 2), (5, 37), (8, 13), (37, 6)]
+    cases = [(m, n, k, "C" if n == 1 else "T") for (m, n), k in itertools.product(shapes, [vw + 1, 3 * vw + 5, 8 * vw + 3])]
+    for m, n, k, layout_b in cases + [(37, 2 * vw + 1, 100, "C")]:
         a = random_matrix(rng, (m, k), dtype)
-        b = random_matrix(rng, (k, n), dtype, "C" if n == 1 else "T")
+        b = random_matrix(rng, (k, n), dtype, layout_b)
         for bias in (None, rng.uniform(-1, 1, n).astype(dtype)):
-            dotted += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=bias is not None) == "dot"
+            path = kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=bias is not None)
+            dotted += path == "dot"
+            peeled += path.endswith("dot on the last 1 column")
             c = np.full((m, n), np.nan, dtype)
             kernel.gemm(a, b, c, bias=bias, threads=threads)
             with_bias = np.zeros(n) if bias is None else bias.astype(np.float64)
             ratio = error_ratio(c, np.hstack([a, np.ones((m, 1), dtype)]), np.vstack([b, with_bias.astype(dtype)]),
                                 dtype=dtype)
             assert ratio <= 1, f"{m}x{n}x{k} bias={bias is not None}: {ratio}"
-    assert dotted >= 8
+    assert dotted >= 8 and peeled == 2
 
 
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
