@@ -486,6 +486,35 @@ def test_the_dot_path_from_memory(isa, dtype, threads, rng):
     assert dotted >= 8 and peeled == 2
 
 
+@pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
+    """bfloat16 rows of A times a transposed bfloat16 B, and a matrix times a column, by dot products
+    along k (vdpbf16ps on pairs of k, or widened to float32): k short of a step, odd, a step and a bit,
+    long; alpha and beta over NaN, a bias, C contiguous and strided; on the default kernel and on the
+    tiny blocks' one, whose outer rows count as coming from memory (the prefetching loops, eight rows
+    at a time). float32 operands are still packed, rounded to bfloat16."""
+    bf16 = params.numpy_dtype("bfloat16")
+    dotted = 0
+    for kernel in (api.build(p) for p in param_grid(isa, dtype)[:2]):
+        for (m, n), k in itertools.product([(1, 37), (2, 9), (3, 40), (8, 13), (37, 1), (40, 2)], [1, 3, 17, 33, 100]):
+            a = random_matrix(rng, (m, k), bf16)
+            b = random_matrix(rng, (k, n), bf16, "C" if n == 1 else "T")
+            bias = rng.uniform(-1, 1, n).astype(np.float32)
+            dotted += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
+            for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
+                c = random_matrix(rng, (m, n), np.float32, layout_c)
+                ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
+                assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
+        a32 = rng.uniform(-1, 1, (2, 300)).astype(np.float32)
+        b = random_matrix(rng, (300, 40), bf16, "T")
+        c = np.full((2, 40), np.nan, np.float32)
+        kernel.gemm(a32, b, c, threads=threads)
+        assert error_ratio(c, a32.astype(bf16), b, dtype=dtype) <= 1
+        assert np.abs(c - a32.astype(np.float64) @ b.astype(np.float64)).max() > 1e-4
+    assert dotted >= 30
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
