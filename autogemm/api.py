@@ -19,8 +19,9 @@ class IsaUnavailable(RuntimeError):
     """The parameters ask for an ISA this CPU does not have."""
 
 
-#: Native dtypes whose kernel returns the same dtype: matmul's short path.
-_PLAIN = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+#: The dtypes of matmul's short path (two 2-D operands of one of them, no options), each with its
+#: kernel, whose product is matmul's result: of the same dtype, or float32 for bfloat16.
+_PLAIN = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64", numpy_dtype("bfloat16"): "bfloat16"}
 _ALIASES = {"f4": "float32", "float": "float32", "f8": "float64", "double": "float64", "bf16": "bfloat16"}
 
 
