@@ -25,6 +25,12 @@ int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, 
 int autogemm_{p}gemm_threads(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int nthreads);
 void autogemm_{p}gemm_phases(void *seconds);
 """
+#: float32 kernels' dot path on a bfloat16 W, widened as loaded (see `Kernel._widened_dot`).
+_CDEF_W16 = """
+void autogemm_sgemm_w16(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const void *x, ptrdiff_t rsx,
+    const void *w, ptrdiff_t rsw, float beta, void *c, ptrdiff_t rsc, ptrdiff_t csc, const void *bias,
+    ptrdiff_t bias_step, int nthreads);
+"""
 #: The phases a profiling build times, in the order `autogemm_?gemm_phases` reports them.
 PHASES = ("pack_b", "pack_a", "macro")
 #: bfloat16 kernels' `sources` flags: which operands hold float32 (rounded to bfloat16 while packing).
@@ -102,20 +108,25 @@ class Kernel:
         self.library = library
         self.dtype = np.dtype(accumulator_dtype(params.dtype))  # of C, alpha, beta and the bias
         self.paired = params.dtype == "bfloat16"
-        #: Operand dtypes read in place: a bfloat16 kernel also rounds float32 while packing.
-        self.input_dtypes = (_BFLOAT16, _FLOAT32) if self.paired else (self.dtype,)
+        #: Operand dtypes the C entry point reads in place: a bfloat16 kernel also rounds float32 while packing.
+        self._in_place = (_BFLOAT16, _FLOAT32) if self.paired else (self.dtype,)
+        #: Operand dtypes `gemm` takes: those, and bfloat16 for a float32 kernel (numpy's float32 product),
+        #: read in place where it is W on the dot path (`_widened_dot`), else copied to float32.
+        self.input_dtypes = self._in_place + ((_BFLOAT16,) if params.dtype == "float32" else ())
         self.tuned: dict | None = None  # the tuned-file entry this kernel came from, if any
         self.default_threads: int | None = None  # the thread count that entry was fastest with
         self._ctype = "float" if self.dtype == _FLOAT32 else "double"
         letter = BLAS_LETTER[params.dtype]
         self._ffi = cffi.FFI()
-        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype, sources=", int sources" if self.paired else ""))
+        self._ffi.cdef(_CDEF.format(p=letter, t=self._ctype, sources=", int sources" if self.paired else "")
+                       + (_CDEF_W16 if params.dtype == "float32" else ""))
         self._lib = self._ffi.dlopen(str(library))
         self._from_buffer = self._ffi.from_buffer
         _LOADED.append((self._ffi, self._lib))
         self._strided = getattr(self._lib, f"autogemm_{letter}gemm_strided")
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
         self._path = getattr(self._lib, f"autogemm_{letter}gemm_path")
+        self._w16 = getattr(self._lib, "autogemm_sgemm_w16", None) if params.dtype == "float32" else None
 
     def __repr__(self) -> str:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
@@ -138,13 +149,13 @@ class Kernel:
     def as_input(self, x: np.ndarray) -> np.ndarray:
         """`x`, or a copy in the dtype this kernel reads when it cannot read x's (float32 for a
         bfloat16 kernel, whose packing rounds it)."""
-        return x if x.dtype in self.input_dtypes else x.astype(self.input_dtypes[-1])
+        return x if x.dtype in self.input_dtypes else x.astype(self._in_place[-1])
 
     def _usable(self, x: np.ndarray) -> np.ndarray:
         """`x` itself when the C code can read it in place, else a contiguous native copy (float32
         for a bfloat16 kernel, whose packing rounds it)."""
-        if x.dtype not in self.input_dtypes or _element_strides(x) is None:
-            return np.ascontiguousarray(x, dtype=self.input_dtypes[-1])
+        if x.dtype not in self._in_place or _element_strides(x) is None:
+            return np.ascontiguousarray(x, dtype=self._in_place[-1])
         return x
 
     def gemm(self, a: np.ndarray, b: np.ndarray, c: np.ndarray, *, alpha: float = 1.0,
@@ -176,15 +187,41 @@ class Kernel:
                 raise ValueError(f"gemm: bias has shape {bias.shape}; expected ({n},)")
             bias_pointer = self._pointer(bias)
         nthreads = resolve_threads(threads, self.default_threads)
-        a, b = self._usable(a), self._usable(b)
         target = c
         if (_element_strides(c) is None or not c.dtype.isnative or np.may_share_memory(c, a)
                 or np.may_share_memory(c, b)):
             target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
-        self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
+        if force_threads or not self._widened_dot(a, b, target, alpha, beta, bias, nthreads):
+            a, b = self._usable(a), self._usable(b)
+            self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
         if target is not c:
             c[...] = target
         return c
+
+    def _widened_dot(self, a, b, c, alpha, beta, bias, nthreads: int) -> bool:
+        """c := alpha * a @ b + bias + beta * c by the float32 kernel's dot path on the bfloat16 operand
+        as it is, widened as loaded, where that operand is W (x @ W.T, or W @ x for a column x) and
+        the float32 product of those strides would take the dot path; False (nothing done) elsewhere,
+        where the bfloat16 operand is copied to float32 first. Both ways give numpy's float32 product."""
+        if self._w16 is None or {a.dtype, b.dtype} != {_FLOAT32, _BFLOAT16}:
+            return False
+        (m, k), n = a.shape, b.shape[1]
+        a_strides, b_strides, c_strides = _element_strides(a), _element_strides(b), _element_strides(c)
+        if None in (a_strides, b_strides, c_strides) or not m or not n or not k:
+            return False
+        if self.path(m, n, k, a_strides, b_strides, c_strides, threads=nthreads, bias=bias is not None) != "dot":
+            return False
+        (rsa, csa), (rsb, csb), (rsc, csc) = a_strides, b_strides, c_strides
+        bias_pointer = self._pointer(bias) if bias is not None else self._ffi.NULL
+        if a.dtype == _FLOAT32 and (csa == 1 or k == 1) and (rsb == 1 or k == 1) and n > 1:  # x @ W.T
+            self._w16(m, n, k, alpha, self._pointer(a), rsa, self._pointer(b), csb, beta, self._pointer(c), rsc, csc,
+                      bias_pointer, 1, nthreads)
+            return True
+        if a.dtype == _BFLOAT16 and n == 1 and (csa == 1 or k == 1) and (rsb == 1 or k == 1):  # W @ x
+            self._w16(1, m, k, alpha, self._pointer(b), 0, self._pointer(a), rsa, beta, self._pointer(c), 0, rsc,
+                      bias_pointer, 0, nthreads)
+            return True
+        return False
 
     def _run(self, a, b, c, alpha, beta, bias_pointer, nthreads: int) -> None:
         """The C call on checked arrays: a and b readable in place (whole-element strides), c writable

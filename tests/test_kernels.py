@@ -515,6 +515,29 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
     assert dotted >= 30
 
 
+@pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype, threads, rng):
+    """numpy's float32 product of float32 rows and a bfloat16 W (x @ W.T, and W @ x for a column): on
+    the dot path W is read as stored and widened as loaded; elsewhere it is copied to float32. The default
+    and the tiny blocks' kernel (W from memory: eight rows at a time, and a part of eight), k around the
+    vector width, alpha and beta over NaN, a bias, C contiguous and strided."""
+    bf16 = params.numpy_dtype("bfloat16")
+    widened = 0
+    for kernel in (api.build(p) for p in param_grid(isa, dtype)[:2]):
+        for (m, n), k in itertools.product([(1, 37), (2, 9), (3, 40), (8, 13), (37, 1), (64, 70)], [1, 5, 17, 100]):
+            column = n == 1
+            a = random_matrix(rng, (m, k), bf16 if column else np.float32)
+            b = random_matrix(rng, (k, n), np.float32 if column else bf16, "C" if column else "T")
+            bias = rng.uniform(-1, 1, n).astype(np.float32)
+            widened += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
+            for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
+                c = random_matrix(rng, (m, n), np.float32, layout_c)
+                ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
+                assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
+    assert widened >= 20
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
