@@ -486,6 +486,18 @@ def test_the_dot_path_from_memory(isa, dtype, threads, rng):
     assert dotted >= 8 and peeled == 2
 
 
+def within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng):
+    """Asserts a @ b + bias by `kernel` (alpha and beta over NaN, C contiguous and strided) within the
+    error bound; whether the kernel takes the dot path for these operands' strides."""
+    (m, k), n = a.shape, b.shape[1]
+    bias = rng.uniform(-1, 1, n).astype(np.float32)
+    for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
+        c = random_matrix(rng, (m, n), np.float32, layout_c)
+        ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
+        assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
+    return kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
+
+
 @pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
@@ -500,12 +512,7 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
         for (m, n), k in itertools.product([(1, 37), (2, 9), (3, 40), (8, 13), (37, 1), (40, 2)], [1, 3, 17, 33, 100]):
             a = random_matrix(rng, (m, k), bf16)
             b = random_matrix(rng, (k, n), bf16, "C" if n == 1 else "T")
-            bias = rng.uniform(-1, 1, n).astype(np.float32)
-            dotted += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
-            for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
-                c = random_matrix(rng, (m, n), np.float32, layout_c)
-                ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
-                assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
+            dotted += within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng)
         a32 = rng.uniform(-1, 1, (2, 300)).astype(np.float32)
         b = random_matrix(rng, (300, 40), bf16, "T")
         c = np.full((2, 40), np.nan, np.float32)
@@ -529,12 +536,7 @@ def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype
             column = n == 1
             a = random_matrix(rng, (m, k), bf16 if column else np.float32)
             b = random_matrix(rng, (k, n), np.float32 if column else bf16, "C" if column else "T")
-            bias = rng.uniform(-1, 1, n).astype(np.float32)
-            widened += kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
-            for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
-                c = random_matrix(rng, (m, n), np.float32, layout_c)
-                ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
-                assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
+            widened += within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng)
     assert widened >= 20
 
 
