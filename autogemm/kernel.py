@@ -281,6 +281,8 @@ class Kernel:
             out2 = out2[..., np.newaxis, :] if b.ndim > 1 else out2[..., np.newaxis]
         if b.ndim == 1:
             out2 = out2[..., np.newaxis]
+        if batch:  # a stacked product copies a bfloat16 operand to float32 once, not once per GEMM
+            a2, b2 = (x if x.dtype in self._in_place else x.astype(self._in_place[-1]) for x in (a2, b2))
         a_full = np.broadcast_to(a2, batch + a2.shape[-2:])
         b_full = np.broadcast_to(b2, batch + b2.shape[-2:])
         for index in np.ndindex(*batch):

@@ -144,6 +144,23 @@ def test_mixed_bf16_and_float32_follows_numpy_promotion(rng):
     assert error_ratio(got, a, b, dtype="float32") <= 1  # b was not rounded
 
 
+def test_float32_times_a_bfloat16_weight_is_numpys_float32_product(rng):
+    """x @ W.T and W @ x (W read in place on the dot path), a stacked x @ W (W copied once) and a
+    product that packs: float32, exact products of the float32 values and the widened bfloat16 ones."""
+    w = rng.standard_normal((300, 200)).astype(BF16)
+    x = rng.standard_normal((3, 200)).astype(np.float32)
+    stack = rng.standard_normal((4, 5, 300)).astype(np.float32)
+    big = rng.standard_normal((200, 200)).astype(np.float32)
+    for a, b in [(x, w.T), (w, x[0]), (stack, w), (big, w.T[:, :200])]:
+        got = autogemm.matmul(a, b)
+        assert got.dtype == np.float32
+        wide = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert got.shape == np.matmul(*wide).shape
+        flat_a = wide[0].reshape(-1, wide[0].shape[-1]) if wide[0].ndim > 1 else wide[0][np.newaxis]
+        flat_b = wide[1] if wide[1].ndim > 1 else wide[1][:, np.newaxis]
+        assert error_ratio(got.reshape(flat_a.shape[0], -1), flat_a, flat_b, dtype="float32") <= 1
+
+
 def test_nan_in_c_is_not_read_when_beta_is_zero_and_inf_propagates(rng):
     a = rng.standard_normal((13, 17)).astype(BF16)
     b = rng.standard_normal((17, 11)).astype(BF16)
