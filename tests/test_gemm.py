@@ -62,7 +62,7 @@ def test_every_template_applies_the_bias_on_full_and_edge_tiles(parallel, rng):
         for isa in isas:
             # several k blocks (bias once) and, for 2d, several row blocks and tiles per thread
             base = analytic.default_params(host, dtype, isa)
-            p = base.replace(kc=16, mc=2 * base.mr, parallel=parallel)
+            p = base.replace(kc=16, mc=2 * base.mr, nc=3 * base.nr, parallel=parallel)  # as test_kernels builds
             kernel = api.build(p)
             m, n, k = 3 * p.mr + 1, 2 * p.nr + 3, 40
             a = random_matrix(rng, (m, k), dtype)

@@ -136,7 +136,7 @@ def test_a_read_only_tuned_dir_loses_no_result(tmp_path, monkeypatch):
 def test_killing_the_tuner_at_random_points_loses_no_finished_trial(tmp_path):
     env = {**os.environ, "AUTOGEMM_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
     tuned = tmp_path / "tuned"
-    args = [sys.executable, "-m", "autogemm", "tune", "--shape", "64x48x40", "--threads", "1", "--trials", "10",
+    args = [sys.executable, "-m", "autogemm", "tune", "--shape", "64x48x40", "--threads", "1", "--trials", "6",
             "--timeout", "200", "--top-k", "1", "--tuned-dir", str(tuned), "--seed", "3"]
     name = search.study_name(HOST, "float32", (64, 48, 40), 1)
     storage = f"sqlite:///{tmp_path / 'data' / 'studies.db'}"
@@ -161,5 +161,5 @@ def test_killing_the_tuner_at_random_points_loses_no_finished_trial(tmp_path):
     subprocess.run(args, env=env, check=True, capture_output=True, timeout=600)
     study = optuna.load_study(study_name=name, storage=storage)
     finished = {t.number for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
-    assert finished_before <= finished and len(finished) == 10
+    assert finished_before <= finished and len(finished) == 6
     assert len(store.read(store.path_for(HOST.machine_id, tuned), HOST.machine_id)) == 1
