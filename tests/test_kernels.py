@@ -486,16 +486,16 @@ def test_the_dot_path_from_memory(isa, dtype, threads, rng):
     assert dotted >= 8 and peeled == 2
 
 
-def within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng):
+def path_within_bound(kernel, a, b, threads, dtype, rng):
     """Asserts a @ b + bias by `kernel` (alpha and beta over NaN, C contiguous and strided) within the
-    error bound; whether the kernel takes the dot path for these operands' strides."""
+    error bound; the path the kernel takes for these operands' strides."""
     (m, k), n = a.shape, b.shape[1]
     bias = rng.uniform(-1, 1, n).astype(np.float32)
     for layout_c, (alpha, beta) in [("C", (1.0, 0.0)), ("strided", (-2.0, 0.5))]:
         c = random_matrix(rng, (m, n), np.float32, layout_c)
         ratio = biased_gemm_error(kernel, a, b, c, bias, beta, dtype, threads, alpha, forced=False)
         assert ratio <= 1, f"{kernel.params.name} {m}x{n}x{k} {layout_c}: {ratio}"
-    return kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True) == "dot"
+    return kernel.path(m, n, k, elements(a), elements(b), threads=threads, bias=True)
 
 
 @pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
@@ -512,7 +512,7 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
         for (m, n), k in itertools.product([(1, 37), (2, 9), (3, 40), (8, 13), (37, 1), (40, 2)], [1, 3, 17, 33, 100]):
             a = random_matrix(rng, (m, k), bf16)
             b = random_matrix(rng, (k, n), bf16, "C" if n == 1 else "T")
-            dotted += within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng)
+            dotted += path_within_bound(kernel, a, b, threads, dtype, rng) == "dot"
         a32 = rng.uniform(-1, 1, (2, 300)).astype(np.float32)
         b = random_matrix(rng, (300, 40), bf16, "T")
         c = np.full((2, 40), np.nan, np.float32)
@@ -520,6 +520,34 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
         assert error_ratio(c, a32.astype(bf16), b, dtype=dtype) <= 1
         assert np.abs(c - a32.astype(np.float64) @ b.astype(np.float64)).max() > 1e-4
     assert dotted >= 30
+
+
+@pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, rng):
+    """Up to 8 rows (4 with 16 vector registers) of bfloat16 A times a row-major bfloat16 B take
+    rows_direct, B widened as loaded, except a whole row tile with B in cache and, without AVX-512, a
+    narrow C that ends in a partial vector (packed): n about the
+    vector width, odd and past a strip's columns, k from 1 to long, A's columns strided, B's rows padded,
+    alpha and beta over NaN, a bias, C contiguous and strided; on the default kernel and the tiny
+    blocks' one, for which B comes from memory (the prefetching passes)."""
+    bf16 = params.numpy_dtype("bfloat16")
+    wide = isa in ("avx512", "avx512bf16", "amxbf16")  # 32 vector registers, masked loads of 16-bit values
+    rows_max = 8 if wide else 4
+    unpacked = set()
+    for p in param_grid(isa, dtype)[:2]:
+        kernel = api.build(p)
+        for m, n, k in [(1, 2, 1), (1, p.vw, 100), (2, 16 * p.vw + 3, 3), (3, 2 * p.vw - 1, 17), (4, 4 * p.vw, 33),
+                        (5, 2100, 7), (rows_max, 16 * p.vw + 1, 40), (p.mr, 2 * p.nr, 30), (rows_max + 1, 40, 20),
+                        (1, 5000, 60), (rows_max - 1, 3000, 50)]:  # the last two large enough for two threads
+            a = random_matrix(rng, (m, k), bf16, "strided")
+            b = rng.uniform(-1, 1, (k, n + 7)).astype(bf16)[:, :n]
+            path = path_within_bound(kernel, a, b, threads, dtype, rng)
+            expected = (m <= rows_max and (m != p.mr or k * n > p.nc * p.kc)
+                        and (wide or n % p.vw == 0 or n >= 16 * p.vw))  # else a partial vector widened value by value
+            assert (path == "direct") == expected, (p.name, m, n, k, path)
+            unpacked.add((m, n, k)) if expected else None
+    assert len(unpacked) >= 5
 
 
 @pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
@@ -536,7 +564,7 @@ def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype
             column = n == 1
             a = random_matrix(rng, (m, k), bf16 if column else np.float32)
             b = random_matrix(rng, (k, n), np.float32 if column else bf16, "C" if column else "T")
-            widened += within_bound_on_the_dot_path(kernel, a, b, threads, dtype, rng)
+            widened += path_within_bound(kernel, a, b, threads, dtype, rng) == "dot"
     assert widened >= 20
 
 
