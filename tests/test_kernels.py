@@ -526,14 +526,16 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, rng):
     """Up to 8 rows (4 with 16 vector registers) of bfloat16 A times a row-major bfloat16 B take
-    rows_direct, B widened as loaded, except a whole row tile with B in cache and, without AVX-512, a
-    narrow C that ends in a partial vector (packed): n about the
+    rows_direct, B's rows interleaved in pairs for vdpbf16ps or widened as loaded, except (widened) a
+    whole row tile with B in cache and, without AVX-512, a narrow C that ends in a partial vector
+    (packed): n about the
     vector width, odd and past a strip's columns, k from 1 to long, A's columns strided, B's rows padded,
     alpha and beta over NaN, a bias, C contiguous and strided; on the default kernel and the tiny
     blocks' one, for which B comes from memory (the prefetching passes)."""
     bf16 = params.numpy_dtype("bfloat16")
     wide = isa in ("avx512", "avx512bf16", "amxbf16")  # 32 vector registers, masked loads of 16-bit values
     rows_max = 8 if wide else 4
+    paired = isa in params.PAIRED_ISAS  # vdpbf16ps on B's rows interleaved in pairs: a whole row tile too
     unpacked = set()
     for p in param_grid(isa, dtype)[:2]:
         kernel = api.build(p)
@@ -543,7 +545,7 @@ def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, 
             a = random_matrix(rng, (m, k), bf16, "strided")
             b = rng.uniform(-1, 1, (k, n + 7)).astype(bf16)[:, :n]
             path = path_within_bound(kernel, a, b, threads, dtype, rng)
-            expected = (m <= rows_max and (m != p.mr or k * n > p.nc * p.kc)
+            expected = (m <= rows_max and (paired or m != p.mr or k * n > p.nc * p.kc)
                         and (wide or n % p.vw == 0 or n >= 16 * p.vw))  # else a partial vector widened value by value
             assert (path == "direct") == expected, (p.name, m, n, k, path)
             unpacked.add((m, n, k)) if expected else None
