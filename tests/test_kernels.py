@@ -541,7 +541,7 @@ def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, 
         kernel = api.build(p)
         for m, n, k in [(1, 2, 1), (1, p.vw, 100), (2, 16 * p.vw + 3, 3), (3, 2 * p.vw - 1, 17), (4, 4 * p.vw, 33),
                         (5, 2100, 7), (rows_max, 16 * p.vw + 1, 40), (p.mr, 2 * p.nr, 30), (rows_max + 1, 40, 20),
-                        (1, 5000, 60), (rows_max - 1, 3000, 50)]:  # the last two large enough for two threads
+                        (1, 5000, 60), (rows_max - 1, 3000, 50), (rows_max, 40000, 200)]:  # the last three take two threads
             a = random_matrix(rng, (m, k), bf16, "strided")
             b = rng.uniform(-1, 1, (k, n + 7)).astype(bf16)[:, :n]
             path = path_within_bound(kernel, a, b, threads, dtype, rng)
