@@ -525,23 +525,23 @@ def test_the_dot_path_reads_bfloat16_rows_in_place(isa, dtype, threads, rng):
 @pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, rng):
-    """Up to 8 rows (4 with 16 vector registers) of bfloat16 A times a row-major bfloat16 B take
-    rows_direct, B's rows interleaved in pairs for vdpbf16ps or widened as loaded, except (widened) a
-    whole row tile with B in cache and, without AVX-512, a narrow C that ends in a partial vector
-    (packed): n about the
-    vector width, odd and past a strip's columns, k from 1 to long, A's columns strided, B's rows padded,
-    alpha and beta over NaN, a bias, C contiguous and strided; on the default kernel and the tiny
-    blocks' one, for which B comes from memory (the prefetching passes)."""
+    """Up to 16 rows (vdpbf16ps, in groups of 8), 8 (widened) or 4 (16 vector registers) of bfloat16 A
+    times a row-major bfloat16 B take rows_direct, B's rows interleaved in pairs for vdpbf16ps or
+    widened as loaded, except (widened) a whole row tile with B in cache and, without AVX-512, a narrow
+    C that ends in a partial vector (packed): n about the vector width, odd and past a strip's columns,
+    k from 1 to long, A's columns strided, B's rows padded, alpha and beta over NaN, a bias, C
+    contiguous and strided; on the default kernel and the tiny blocks' one, for which B comes from
+    memory (the prefetching passes)."""
     bf16 = params.numpy_dtype("bfloat16")
     wide = isa in ("avx512", "avx512bf16", "amxbf16")  # 32 vector registers, masked loads of 16-bit values
-    rows_max = 8 if wide else 4
     paired = isa in params.PAIRED_ISAS  # vdpbf16ps on B's rows interleaved in pairs: a whole row tile too
+    rows_max = 16 if paired else 8 if wide else 4  # paired: two groups of eight
     unpacked = set()
     for p in param_grid(isa, dtype)[:2]:
         kernel = api.build(p)
         for m, n, k in [(1, 2, 1), (1, p.vw, 100), (2, 16 * p.vw + 3, 3), (3, 2 * p.vw - 1, 17), (4, 4 * p.vw, 33),
                         (5, 2100, 7), (rows_max, 16 * p.vw + 1, 40), (p.mr, 2 * p.nr, 30), (rows_max + 1, 40, 20),
-                        (1, 5000, 60), (rows_max - 1, 3000, 50), (rows_max, 40000, 200)]:  # the last three take two threads
+                        (11, 70, 41), (1, 5000, 60), (rows_max - 1, 3000, 50), (rows_max, 40000, 200)]:  # the last three take two threads
             a = random_matrix(rng, (m, k), bf16, "strided")
             b = rng.uniform(-1, 1, (k, n + 7)).astype(bf16)[:, :n]
             path = path_within_bound(kernel, a, b, threads, dtype, rng)
