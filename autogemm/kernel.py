@@ -301,8 +301,8 @@ class Kernel:
         last whole vector, take the dot path, or " + direct of C^T on the last P columns" where they
         are computed as their C^T on the direct path. A bfloat16 kernel packs, or where both operands
         are bfloat16 (not float32 ones, which packing rounds) takes the dot path, or "direct" for a
-        few rows times a row-major B (rows_direct, B widened as loaded); this says how it computes
-        bfloat16 operands."""
+        few rows times a row-major B (rows_direct, B paired or widened as loaded); this says how it
+        computes bfloat16 operands."""
         rsa, csa = a_strides or (k, 1)
         rsb, csb = b_strides or (n, 1)
         rsc, csc = c_strides or (n, 1)

@@ -541,14 +541,16 @@ def test_a_few_bfloat16_rows_stream_a_row_major_b_unpacked(isa, dtype, threads, 
         kernel = api.build(p)
         for m, n, k in [(1, 2, 1), (1, p.vw, 100), (2, 16 * p.vw + 3, 3), (3, 2 * p.vw - 1, 17), (4, 4 * p.vw, 33),
                         (5, 2100, 7), (rows_max, 16 * p.vw + 1, 40), (p.mr, 2 * p.nr, 30), (rows_max + 1, 40, 20),
-                        (11, 70, 41), (1, 5000, 60), (rows_max - 1, 3000, 50), (rows_max, 40000, 200)]:  # the last three take two threads
+                        (11, 70, 41),
+                        (1, 5000, 60), (rows_max - 1, 3000, 50), (rows_max, 40000, 200)]:  # these take two threads
             a = random_matrix(rng, (m, k), bf16, "strided")
             b = rng.uniform(-1, 1, (k, n + 7)).astype(bf16)[:, :n]
             path = path_within_bound(kernel, a, b, threads, dtype, rng)
             expected = (m <= rows_max and (paired or m != p.mr or k * n > p.nc * p.kc)
                         and (wide or n % p.vw == 0 or n >= 16 * p.vw))  # else a partial vector widened value by value
             assert (path == "direct") == expected, (p.name, m, n, k, path)
-            unpacked.add((m, n, k)) if expected else None
+            if expected:
+                unpacked.add((m, n, k))
     assert len(unpacked) >= 5
 
 
