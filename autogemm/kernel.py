@@ -25,11 +25,14 @@ int autogemm_{p}gemm_path(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, ptrdiff_t rsa, 
 int autogemm_{p}gemm_threads(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int nthreads);
 void autogemm_{p}gemm_phases(void *seconds);
 """
-#: float32 kernels' dot path on a bfloat16 W, widened as loaded (see `Kernel._widened_dot`).
+#: float32 kernels' dot path on a bfloat16 W, widened as loaded (see `Kernel._widened`).
 _CDEF_W16 = """
 void autogemm_sgemm_w16(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const void *x, ptrdiff_t rsx,
     const void *w, ptrdiff_t rsw, float beta, void *c, ptrdiff_t rsc, ptrdiff_t csc, const void *bias,
     ptrdiff_t bias_step, int nthreads);
+int autogemm_sgemm_w16_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha, const void *x, ptrdiff_t rsx,
+    ptrdiff_t csx, const void *w, ptrdiff_t rsw, float beta, void *c, ptrdiff_t rsc, ptrdiff_t csc,
+    const void *bias, int nthreads);
 """
 #: The phases a profiling build times, in the order `autogemm_?gemm_phases` reports them.
 PHASES = ("pack_b", "pack_a", "macro")
@@ -111,7 +114,7 @@ class Kernel:
         #: Operand dtypes the C entry point reads in place: a bfloat16 kernel also rounds float32 while packing.
         self._in_place = (_BFLOAT16, _FLOAT32) if self.paired else (self.dtype,)
         #: Operand dtypes `gemm` takes: those, and bfloat16 for a float32 kernel (numpy's float32 product),
-        #: read in place where it is W on the dot path (`_widened_dot`), else copied to float32.
+        #: read in place where it is W on the dot path or rows_direct (`_widened`), else copied to float32.
         self.input_dtypes = self._in_place + ((_BFLOAT16,) if params.dtype == "float32" else ())
         self.tuned: dict | None = None  # the tuned-file entry this kernel came from, if any
         self.default_threads: int | None = None  # the thread count that entry was fastest with
@@ -127,6 +130,7 @@ class Kernel:
         self._bench = getattr(self._lib, f"autogemm_{letter}gemm_bench")
         self._path = getattr(self._lib, f"autogemm_{letter}gemm_path")
         self._w16 = getattr(self._lib, "autogemm_sgemm_w16", None) if params.dtype == "float32" else None
+        self._w16_rows = getattr(self._lib, "autogemm_sgemm_w16_rows", None) if params.dtype == "float32" else None
 
     def __repr__(self) -> str:
         return f"<autogemm.Kernel {self.params.name} on {self.machine.machine_id}>"
@@ -191,28 +195,36 @@ class Kernel:
         if (_element_strides(c) is None or not c.dtype.isnative or np.may_share_memory(c, a)
                 or np.may_share_memory(c, b)):
             target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
-        if force_threads or not self._widened_dot(a, b, target, alpha, beta, bias, nthreads):
+        if force_threads or not self._widened(a, b, target, alpha, beta, bias, nthreads):
             a, b = self._usable(a), self._usable(b)
             self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
         if target is not c:
             c[...] = target
         return c
 
-    def _widened_dot(self, a, b, c, alpha, beta, bias, nthreads: int) -> bool:
-        """c := alpha * a @ b + bias + beta * c by the float32 kernel's dot path on the bfloat16 operand
-        as it is, widened as loaded, where that operand is W (x @ W.T, or W @ x for a column x) and
-        the float32 product of those strides would take the dot path; False (nothing done) elsewhere,
-        where the bfloat16 operand is copied to float32 first. Both ways give numpy's float32 product."""
+    def _widened(self, a, b, c, alpha, beta, bias, nthreads: int) -> bool:
+        """c := alpha * a @ b + bias + beta * c by a float32 kernel on its bfloat16 operand as it is,
+        widened as loaded, where that operand is W: on the dot path (x @ W.T, or W @ x for a column
+        x) where the float32 product of those strides would take it, and for a few rows of x times a
+        row-major W (x @ W) on rows_direct_w16. False (nothing done) elsewhere, where the bfloat16
+        operand is copied to float32 first. Either way numpy's float32 product."""
         if self._w16 is None or {a.dtype, b.dtype} != {_FLOAT32, _BFLOAT16}:
             return False
         (m, k), n = a.shape, b.shape[1]
         a_strides, b_strides, c_strides = _element_strides(a), _element_strides(b), _element_strides(c)
         if None in (a_strides, b_strides, c_strides) or not m or not n or not k:
             return False
-        if self.path(m, n, k, a_strides, b_strides, c_strides, threads=nthreads, bias=bias is not None) != "dot":
-            return False
         (rsa, csa), (rsb, csb), (rsc, csc) = a_strides, b_strides, c_strides
         bias_pointer = self._pointer(bias) if bias is not None else self._ffi.NULL
+        if a.dtype == _FLOAT32 and csb == 1 and n > 1:  # x @ W, unless more rows than rows_direct_w16 takes
+            status = self._w16_rows(m, n, k, alpha, self._pointer(a), rsa, csa, self._pointer(b), rsb, beta,
+                                    self._pointer(c), rsc, csc, bias_pointer, nthreads)
+            if status < 0:
+                raise MemoryError(f"autogemm: cannot allocate a workspace for {m}x{n}x{k}")
+            if status == 0:
+                return True
+        if self.path(m, n, k, a_strides, b_strides, c_strides, threads=nthreads, bias=bias is not None) != "dot":
+            return False
         if a.dtype == _FLOAT32 and (csa == 1 or k == 1) and (rsb == 1 or k == 1) and n > 1:  # x @ W.T
             self._w16(m, n, k, alpha, self._pointer(a), rsa, self._pointer(b), csb, beta, self._pointer(c), rsc, csc,
                       bias_pointer, 1, nthreads)

@@ -572,6 +572,32 @@ def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype
     assert widened >= 20
 
 
+@pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_float32_kernel_streams_a_row_major_bfloat16_w_on_rows_direct(isa, dtype, threads, rng):
+    """numpy's float32 product of up to 256 float32 rows (64 on the portable template) and a bfloat16 W
+    stored in x out (x @ W): W is read in place on rows_direct_w16, widened as loaded, in groups of four
+    rows (whole groups and a part; one row); more rows copy W to float32 instead. n about the vector width, odd and past a strip
+    of columns, k from 1 to long, x strided or transposed, W's rows padded, alpha and beta over NaN, a
+    bias, C contiguous and strided; on the default kernel and the tiny blocks' one, for which W comes
+    from memory (the prefetching passes). Two shapes are long enough for two threads at once."""
+    bf16 = params.numpy_dtype("bfloat16")
+    for p in param_grid(isa, dtype)[:2]:
+        kernel = api.build(p)
+        statuses = []
+        entry = kernel._w16_rows
+        kernel._w16_rows = lambda *args: statuses.append(entry(*args)) or statuses[-1]
+        cases = [(1, 2, 1, "C"), (1, p.vw - 1, 100, "T"), (2, p.vw + 1, 7, "strided"), (3, 3 * p.vw + 5, 33, "C"),
+                 (8, 2100, 17, "T"), (9, 40, 200, "strided"), (17, 70, 41, "C"), (64, 33, 20, "C"),
+                 (65, 33, 20, "C"), (257, 20, 5, "C"), (5, 5000, 60, "C"), (12, 3000, 50, "T")]
+        for m, n, k, layout_a in cases:
+            a = random_matrix(rng, (m, k), np.float32, layout_a)
+            b = rng.uniform(-1, 1, (k, n + 5)).astype(bf16)[:, :n]
+            path_within_bound(kernel, a, b, threads, dtype, rng)
+        most = 64 if isa == "portable" else 256
+        assert statuses == [int(m > most) for m, *_ in cases for _ in range(2)]  # 1: declined, W copied
+
+
 @pytest.mark.parametrize("isa, dtype", DIRECT_TEMPLATES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_dot_path_for_a_row_major_b(isa, dtype, threads, rng):
