@@ -48,6 +48,16 @@ class Compiler:
         return ()
 
     @functools.cached_property
+    def vectorizer_flags(self) -> tuple[str, ...]:
+        """-fvect-cost-model=very-cheap where the compiler has it (GCC 11 on): GCC then vectorizes only
+        loops that need no runtime checks or epilogue. The kernels' loops that count are written as
+        vectors in the templates, and GCC 12 spent a fifth of each kernel's build on the rest (Zen 4:
+        float32 5.3 -> 4.4 s, bfloat16 4.1 -> 3.1 s, float64 4.6 -> 3.9 s), with the kernels level within
+        1% (both builds in one process on 30 shapes, every dtype and ISA, one and two threads)."""
+        flag = ("-fvect-cost-model=very-cheap",)
+        return flag if self.family == "gcc" and _accepts(self.command, flag) else ()
+
+    @functools.cached_property
     def openmp_flags(self) -> tuple[str, ...]:
         """-fopenmp if the compiler can build and link it, else (): only the llm.c-style baseline uses
         OpenMP; kernels and the peak loops thread with their own pthreads."""
@@ -56,7 +66,7 @@ class Compiler:
     @property
     def flags(self) -> tuple[str, ...]:
         """What every kernel is built with."""
-        return BASE_FLAGS + self.arch_flags
+        return BASE_FLAGS + self.arch_flags + self.vectorizer_flags
 
     def describe(self) -> dict:
         return {"command": " ".join(self.command), "family": self.family, "version": self.version,

@@ -127,6 +127,21 @@ def test_missing_compiler_gets_a_clear_message(monkeypatch):
         toolchain.detect.cache_clear()
 
 
+def test_gcc_alone_is_given_the_cheap_vectorizer_and_only_if_it_takes_it(monkeypatch):
+    """-fvect-cost-model=very-cheap is GCC's (11 on): a compiler that rejects it, or is not GCC, builds
+    without it; the flags name it where it is given."""
+    accepted = []
+    monkeypatch.setattr(toolchain, "_accepts", lambda command, flags, prelude="": accepted.append(flags) or True)
+    gcc = toolchain.Compiler(command=("gcc",), family="gcc", version="12.2.0", banner="gcc 12.2.0")
+    clang = toolchain.Compiler(command=("clang",), family="clang", version="17.0.0", banner="clang 17")
+    assert gcc.vectorizer_flags == ("-fvect-cost-model=very-cheap",) and "-fvect-cost-model=very-cheap" in gcc.flags
+    assert clang.vectorizer_flags == () and not any(f.startswith("-fvect") for f in clang.flags)
+    monkeypatch.setattr(toolchain, "_accepts", lambda command, flags, prelude="": False)
+    old_gcc = toolchain.Compiler(command=("gcc-10",), family="gcc", version="10.2.0", banner="gcc 10.2.0")
+    assert old_gcc.vectorizer_flags == ()
+    assert ("-fvect-cost-model=very-cheap",) in accepted
+
+
 def test_compile_errors_keep_the_source(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOGEMM_CACHE_DIR", str(tmp_path))
     with pytest.raises(toolchain.CompileError) as info:
