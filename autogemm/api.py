@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None, *, c
     a, b = np.asarray(a), np.asarray(b)
     kernel_dtype = _kernel_dtype(a, b, compute)
     result_dtype = _result_dtype(kernel_dtype, out_dtype, out)
-    shape = (a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1] if a.ndim else 1)
+    rows = math.prod(a.shape[:-1]) if a.ndim > 2 and b.ndim <= 2 else a.shape[-2] if a.ndim > 1 else 1  # a stack's rows are one GEMM's
+    shape = (rows, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1] if a.ndim else 1)
     kernel = load(kernel_dtype, shape=shape, threads=threads)
     if result_dtype == kernel.dtype:
         return kernel(a, b, out=out, threads=threads)

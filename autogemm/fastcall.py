@@ -68,4 +68,5 @@ def status() -> str:
     """Which matmul serves the common call, for `autogemm info`."""
     if _unavailable:
         return f"Python (the C entry point could not be built: {_unavailable[0]})"
-    return "C entry point (2-D float32/float64 operands, matmul and gemm), Python for the rest"
+    return ("C entry point (2-D float32/float64 operands, and a stack of them times one matrix; matmul and gemm), "
+            "Python for the rest")

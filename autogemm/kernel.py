@@ -101,6 +101,26 @@ def _element_strides(x: np.ndarray) -> tuple[int, int] | None:
     return rs // size, cs // size
 
 
+def _stacked_rows(x: np.ndarray) -> np.ndarray | None:
+    """A stack x[..., r, c] as one matrix of all its rows, (N * r) x c, a view of the same memory, where
+    every leading axis steps over the ones inside it evenly (a C-ordered stack, or one sliced along c);
+    None where the rows would need a copy, or there are none."""
+    rows, step, outer = 1, None, None
+    for size, stride in zip(reversed(x.shape[:-1]), reversed(x.strides[:-1])):
+        rows *= size
+        if size == 1:
+            continue
+        if step is None:
+            step = stride
+        elif stride != outer:
+            return None
+        outer = stride * size
+    if not rows:
+        return None
+    return np.lib.stride_tricks.as_strided(x, (rows, x.shape[-1]), (step or x.strides[-2], x.strides[-1]),
+                                           writeable=x.flags.writeable)
+
+
 class Kernel:
     """One compiled kernel. Call it like `numpy.matmul`; `gemm` is the BLAS-style operation."""
 
@@ -293,6 +313,11 @@ class Kernel:
             out2 = out2[..., np.newaxis, :] if b.ndim > 1 else out2[..., np.newaxis]
         if b.ndim == 1:
             out2 = out2[..., np.newaxis]
+        if b2.ndim == 2 and batch:  # a stack times one matrix: one GEMM of all the stack's rows, where they are a view
+            a_rows, out_rows = _stacked_rows(a2), _stacked_rows(out2)
+            if a_rows is not None and out_rows is not None:
+                self.gemm(a_rows, b2, out_rows, threads=threads)
+                return out
         if batch:  # a stacked product copies a bfloat16 operand to float32 once, not once per GEMM
             a2, b2 = (x if x.dtype in self._in_place else x.astype(self._in_place[-1]) for x in (a2, b2))
         a_full = np.broadcast_to(a2, batch + a2.shape[-2:])

@@ -116,6 +116,29 @@ def test_gemm_is_served_in_c_with_the_bits_of_the_python_path(dtype, trans_a, tr
             np.testing.assert_array_equal(fresh, api.gemm(a, b, alpha=2.0, **flags))
 
 
+@needs_headers
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_stack_times_one_matrix_is_one_gemm_served_in_c(dtype, rng):
+    """A stack of matrices times one matrix, without out, is one GEMM of all the stack's rows in C (its
+    kernel chosen for that many rows) where they are a view: C-ordered stacks of 3 and 4 axes, axes of
+    one, a stack sliced along k; the bits of the Python path, within the error bound. A stack whose rows
+    are no view (reversed, or its last two axes swapped) goes to the Python path."""
+    with _spied() as (matmul, _, asked):
+        big = rng.uniform(-1, 1, (3, 5, 9)).astype(dtype)
+        cases = [(rng.uniform(-1, 1, (4, 6, 7)).astype(dtype), 24), (rng.uniform(-1, 1, (2, 1, 3, 7)).astype(dtype), 6),
+                 (rng.uniform(-1, 1, (1, 1, 7)).astype(dtype), 1), (big[:, :, :7], 15), (big[::-1, :, :7], None),
+                 (rng.uniform(-1, 1, (4, 7, 6)).astype(dtype).transpose(0, 2, 1), None)]
+        for a, rows in cases:
+            b = random_matrix(rng, (7, 11), dtype, "T")
+            asked.clear()
+            fast = matmul(a, b)
+            assert [ask[1:4] for ask in asked] == ([(rows, 11, 7)] if rows else []), a.strides
+            expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+            assert fast.shape == expected.shape and fast.dtype == np.dtype(dtype) and fast.flags.c_contiguous
+            np.testing.assert_array_equal(fast, api.matmul(a, b))
+            assert error_ratio(fast.reshape(-1, 11), a.reshape(-1, 7), b, dtype=dtype) <= 1
+
+
 def test_empty_shapes_and_zero_k():
     for dtype in (np.float32, np.float64):
         assert autogemm.matmul(np.ones((0, 3), dtype), np.ones((3, 4), dtype)).shape == (0, 4)
@@ -141,7 +164,7 @@ def test_declined_calls_behave_as_the_python_path(rng):
     g32 = rng.uniform(-1, 1, (5, 3)).astype(np.float32)
     cases = [
         ((f32[0], g32), {}),  # 1-D
-        ((np.stack([f32, f32]), g32), {}),  # stacked
+        ((np.stack([f32, f32])[::-1], g32), {}),  # a stack whose rows are no view
         ((f32, g32.astype(np.float64)), {}),  # mixed dtypes
         ((f32.tolist(), g32), {}),  # a list
         ((f32.astype(ml_dtypes.bfloat16), g32.astype(ml_dtypes.bfloat16)), {}),

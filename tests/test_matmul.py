@@ -3,11 +3,13 @@
 import threading
 import time
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 import autogemm
 from autogemm.check import error_ratio
+from autogemm.kernel import computed_dtype
 
 from conftest import LAYOUTS, random_matrix
 
@@ -45,6 +47,35 @@ def test_vectors_and_stacks_follow_numpy_shapes(dtype, rng):
         got = autogemm.matmul(a, b)
         assert got.shape == expected.shape, (sa, sb)
         np.testing.assert_allclose(got, expected, rtol=1e-4 if dtype == "float32" else 1e-12, atol=1e-5)
+
+
+def test_a_stack_times_one_matrix_is_one_gemm_where_its_rows_are_a_view(monkeypatch, rng):
+    """The Python path (out given, a vector b, a bfloat16 W) multiplies a stack whose rows are a view as
+    one GEMM of all of them, and any other stack (reversed, swapped axes, broadcast, an out whose rows
+    are no view) one matrix at a time; every result numpy's, out written in place."""
+    calls = []
+    real = autogemm.kernel.Kernel.gemm
+    monkeypatch.setattr(autogemm.kernel.Kernel, "gemm", lambda self, a, b, c, **kw: calls.append(a.shape) or real(self, a, b, c, **kw))
+    bf16 = ml_dtypes.bfloat16
+    stack = rng.uniform(-1, 1, (3, 4, 6)).astype(np.float32)
+    w = rng.uniform(-1, 1, (6, 5)).astype(np.float32)
+    cases = [  # a, b, out or None, the GEMMs' row counts
+        (stack, w, np.full((3, 4, 5), np.nan, np.float32), [12]),
+        (stack, w[:, 0], None, [12]),
+        (stack, w.astype(bf16), None, [12]),
+        (stack.astype(np.float64)[:, :, :5], w.astype(np.float64)[:5], np.full((3, 4, 5), np.nan), [12]),
+        (stack[::-1], w, None, [4, 4, 4]),
+        (stack.transpose(0, 2, 1)[:, :4], w[:4], None, [4, 4, 4]),
+        (np.broadcast_to(stack[0], (3, 4, 6)), w, None, [4, 4, 4]),
+        (stack, w, np.full((3, 5, 4), np.nan, np.float32).transpose(0, 2, 1), [4, 4, 4]),
+    ]
+    for a, b, out, rows in cases:
+        calls.clear()
+        got = autogemm.kernel.Kernel.__call__(autogemm.load(str(computed_dtype(a, b))), a, b, out=out)
+        assert got is out or out is None
+        assert [shape[0] for shape in calls] == rows, (a.shape, a.strides)
+        expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        np.testing.assert_allclose(got, expected, rtol=1e-4 if got.dtype == np.float32 else 1e-12, atol=1e-5)
 
 
 def test_empty_and_zero_k_shapes(rng):
