@@ -217,6 +217,8 @@ class Kernel:
             target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
         if force_threads or not self._widened(a, b, target, alpha, beta, bias, nthreads):
             a, b = self._usable(a), self._usable(b)
+            if self.paired and not force_threads:
+                a, b = self._rounded_ahead(a, b, nthreads, bias is not None)
             self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
         if target is not c:
             c[...] = target
@@ -254,6 +256,23 @@ class Kernel:
                       bias_pointer, 0, nthreads)
             return True
         return False
+
+    def _rounded_ahead(self, a, b, nthreads: int, bias: bool) -> tuple[np.ndarray, np.ndarray]:
+        """A bfloat16 kernel's float32 operand beside a bfloat16 one with eight times its values or more
+        (x beside W), rounded to bfloat16 before the call, as packing would round it, where two bfloat16
+        operands skip packing (rows_direct or the dot path): else W is packed for a few rows of x."""
+        if {a.dtype, b.dtype} != {_FLOAT32, _BFLOAT16}:
+            return a, b
+        small, large = (a, b) if a.dtype == _FLOAT32 else (b, a)
+        if small.size * 8 > large.size:
+            return a, b
+        rounded = np.empty_like(small, dtype=_BFLOAT16)  # small's order of axes
+        ra, rb = (rounded, b) if small is a else (a, rounded)
+        (m, k), n = a.shape, b.shape[1]
+        if self.path(m, n, k, _element_strides(ra), _element_strides(rb), threads=nthreads, bias=bias) == "packed":
+            return a, b
+        np.copyto(rounded, small, casting="unsafe")
+        return ra, rb
 
     def _run(self, a, b, c, alpha, beta, bias_pointer, nthreads: int) -> None:
         """The C call on checked arrays: a and b readable in place (whole-element strides), c writable

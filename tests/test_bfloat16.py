@@ -145,8 +145,8 @@ def test_mixed_bf16_and_float32_follows_numpy_promotion(rng):
 
 
 def test_float32_times_a_bfloat16_weight_is_numpys_float32_product(rng):
-    """x @ W.T and W @ x (W read in place on the dot path), a stacked x @ W (W copied once) and a
-    product that packs: float32, exact products of the float32 values and the widened bfloat16 ones."""
+    """x @ W.T and W @ x (W read in place on the dot path), a stacked x @ W (one GEMM of its rows, W read
+    in place on rows_direct) and a product that packs: float32, exact products of the float32 values and the widened bfloat16 ones."""
     w = rng.standard_normal((300, 200)).astype(BF16)
     x = rng.standard_normal((3, 200)).astype(np.float32)
     stack = rng.standard_normal((4, 5, 300)).astype(np.float32)
@@ -159,6 +159,28 @@ def test_float32_times_a_bfloat16_weight_is_numpys_float32_product(rng):
         flat_a = wide[0].reshape(-1, wide[0].shape[-1]) if wide[0].ndim > 1 else wide[0][np.newaxis]
         flat_b = wide[1] if wide[1].ndim > 1 else wide[1][:, np.newaxis]
         assert error_ratio(got.reshape(flat_a.shape[0], -1), flat_a, flat_b, dtype="float32") <= 1
+
+
+def test_bf16_compute_rounds_a_few_float32_rows_first_so_w_is_not_packed(rng):
+    """compute="bf16" with float32 x beside a bfloat16 W eight times its size or more: x is rounded to
+    bfloat16 before the call, as packing would round it, so the product is the bfloat16 x's, bit for bit,
+    on rows_direct (x @ W) or the dot path (x @ W.T, W @ x), not packed; a larger float32 operand stays
+    float32 and is rounded while packing."""
+    kernel = autogemm.load("bfloat16")
+    w = rng.standard_normal((300, 260)).astype(BF16)
+    for a, b in [(rng.standard_normal((3, 300)).astype(np.float32), w),
+                 (rng.standard_normal((5, 260)).astype(np.float32), w.T),
+                 (w, rng.standard_normal((260, 1)).astype(np.float32)),
+                 (rng.standard_normal((300, 7)).astype(np.float32).T, w)]:
+        rounded = [x.astype(BF16) if x.dtype == np.float32 else x for x in (a, b)]
+        assert kernel.path(a.shape[0], b.shape[1], a.shape[1]) != "packed"
+        for threads in (1, 2):
+            got = autogemm.matmul(a, b, compute="bf16", threads=threads)
+            np.testing.assert_array_equal(got, autogemm.matmul(*rounded, threads=threads))
+            assert error_ratio(got, *rounded, dtype="float32") <= 1
+    big = rng.standard_normal((100, 300)).astype(np.float32)  # 30000 values beside W's 78000: packed, rounded there
+    got = autogemm.matmul(big, w, compute="bf16")
+    assert error_ratio(got, big.astype(BF16), w, dtype="float32") <= 1
 
 
 def test_nan_in_c_is_not_read_when_beta_is_zero_and_inf_propagates(rng):
