@@ -171,7 +171,8 @@ def matmul(a, b, out: np.ndarray | None = None, threads: int | None = None, *, c
     a, b = np.asarray(a), np.asarray(b)
     kernel_dtype = _kernel_dtype(a, b, compute)
     result_dtype = _result_dtype(kernel_dtype, out_dtype, out)
-    rows = math.prod(a.shape[:-1]) if a.ndim > 2 and b.ndim <= 2 else a.shape[-2] if a.ndim > 1 else 1  # a stack's rows are one GEMM's
+    # a stack times one matrix is one GEMM of all the stack's rows (Kernel.__call__)
+    rows = math.prod(a.shape[:-1]) if a.ndim > 2 and b.ndim <= 2 else a.shape[-2] if a.ndim > 1 else 1
     shape = (rows, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1] if a.ndim else 1)
     kernel = load(kernel_dtype, shape=shape, threads=threads)
     if result_dtype == kernel.dtype:

@@ -264,7 +264,7 @@ class Kernel:
         if {a.dtype, b.dtype} != {_FLOAT32, _BFLOAT16}:
             return a, b
         small, large = (a, b) if a.dtype == _FLOAT32 else (b, a)
-        if small.size * 8 > large.size:
+        if not small.size or small.size * 8 > large.size:
             return a, b
         rounded = np.empty_like(small, dtype=_BFLOAT16)  # small's order of axes
         ra, rb = (rounded, b) if small is a else (a, rounded)

@@ -146,7 +146,8 @@ def test_mixed_bf16_and_float32_follows_numpy_promotion(rng):
 
 def test_float32_times_a_bfloat16_weight_is_numpys_float32_product(rng):
     """x @ W.T and W @ x (W read in place on the dot path), a stacked x @ W (one GEMM of its rows, W read
-    in place on rows_direct) and a product that packs: float32, exact products of the float32 values and the widened bfloat16 ones."""
+    in place on rows_direct) and a product that packs: float32, exact products of the float32 values and
+    the widened bfloat16 ones."""
     w = rng.standard_normal((300, 200)).astype(BF16)
     x = rng.standard_normal((3, 200)).astype(np.float32)
     stack = rng.standard_normal((4, 5, 300)).astype(np.float32)

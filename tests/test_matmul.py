@@ -55,7 +55,8 @@ def test_a_stack_times_one_matrix_is_one_gemm_where_its_rows_are_a_view(monkeypa
     are no view) one matrix at a time; every result numpy's, out written in place."""
     calls = []
     real = autogemm.kernel.Kernel.gemm
-    monkeypatch.setattr(autogemm.kernel.Kernel, "gemm", lambda self, a, b, c, **kw: calls.append(a.shape) or real(self, a, b, c, **kw))
+    monkeypatch.setattr(autogemm.kernel.Kernel, "gemm",
+                        lambda self, a, b, c, **kw: calls.append(a.shape) or real(self, a, b, c, **kw))
     bf16 = ml_dtypes.bfloat16
     stack = rng.uniform(-1, 1, (3, 4, 6)).astype(np.float32)
     w = rng.uniform(-1, 1, (6, 5)).astype(np.float32)
