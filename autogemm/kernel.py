@@ -226,8 +226,9 @@ class Kernel:
 
     def _widened(self, a, b, c, alpha, beta, bias, nthreads: int) -> bool:
         """c := alpha * a @ b + bias + beta * c by a float32 kernel on its bfloat16 operand as it is,
-        widened as loaded, where that operand is W: on the dot path (x @ W.T, or W @ x for a column
-        x) where the float32 product of those strides would take it, and for a few rows of x times a
+        widened as loaded, where that operand is W: on the dot path (x @ W.T, W @ x for a column x, and
+        without a bias W @ X for a few columns, as C^T = X^T @ W.T with X^T copied) where the float32
+        product of those strides would take it, and for a few rows of x times a
         row-major W (x @ W) on rows_direct_w16. False (nothing done) elsewhere, where the bfloat16
         operand is copied to float32 first. Either way numpy's float32 product."""
         if self._w16 is None or {a.dtype, b.dtype} != {_FLOAT32, _BFLOAT16}:
@@ -254,6 +255,11 @@ class Kernel:
         if a.dtype == _BFLOAT16 and n == 1 and (csa == 1 or k == 1) and (rsb == 1 or k == 1):  # W @ x
             self._w16(1, m, k, alpha, self._pointer(b), 0, self._pointer(a), rsa, beta, self._pointer(c), 0, rsc,
                       bias_pointer, 0, nthreads)
+            return True
+        if a.dtype == _BFLOAT16 and n > 1 and (csa == 1 or k == 1) and bias is None:  # W @ X: C^T = X^T @ W.T
+            xt = np.ascontiguousarray(b.T)  # X's few columns as rows along k
+            self._w16(n, m, k, alpha, self._pointer(xt), k, self._pointer(a), rsa, beta, self._pointer(c), csc, rsc,
+                      self._ffi.NULL, 1, nthreads)
             return True
         return False
 

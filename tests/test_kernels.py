@@ -574,6 +574,42 @@ def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype
 
 @pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
 @pytest.mark.parametrize("threads", [1, 2])
+def test_a_bfloat16_w_times_a_few_float32_columns_is_read_in_place(isa, dtype, threads, rng):
+    """W @ X for a bfloat16 W and a few float32 columns, without a bias: where the float32 product would
+    take the dot path, it is computed as C^T = X^T @ W.T on the widened dot path (X's columns copied
+    into rows), W read in place; alpha and beta over NaN, X and C on several layouts, k around the vector
+    width. With a bias it copies W to float32, as before."""
+    bf16 = params.numpy_dtype("bfloat16")
+    kernel = api.build(param_grid(isa, dtype)[0])
+    calls = []
+    entry = kernel._w16
+    kernel._w16 = lambda *args: calls.append(args[:3]) or entry(*args)
+    read = 0
+    shapes = [(37, 2, 100), (70, 3, 17), (200, 8, 301), (64, 5, 1), (300, 4, 2 * kernel.params.vw)]
+    for (m, n, k), layout_x, layout_c in zip(shapes, ("C", "T", "strided", "C", "F"), ("C", "strided", "F", "C", "strided")):
+        w = random_matrix(rng, (m, k), bf16)
+        x = random_matrix(rng, (k, n), np.float32, layout_x)
+        for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
+            c = random_matrix(rng, (m, n), np.float32, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            calls.clear()
+            kernel.gemm(w, x, c, alpha=alpha, beta=beta, threads=threads)
+            dot = kernel.path(m, n, k, elements(w), elements(x), elements(c), threads=threads) == "dot"
+            assert calls == ([(n, m, k)] if dot else []), (m, n, k)
+            read += dot
+            assert error_ratio(c, w, x, before, alpha, beta, "float32") <= 1, (m, n, k, layout_x, layout_c)
+    assert read >= 4  # two shapes or more
+    bias = rng.uniform(-1, 1, 3).astype(np.float32)
+    w, x = random_matrix(rng, (70, 40), bf16), random_matrix(rng, (40, 3), np.float32)
+    calls.clear()
+    c = np.full((70, 3), np.nan, np.float32)
+    assert biased_gemm_error(kernel, w, x, c, bias, 0.0, "float32", threads, forced=False) <= 1 and calls == []
+
+
+@pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
 def test_a_float32_kernel_streams_a_row_major_bfloat16_w_on_rows_direct(isa, dtype, threads, rng):
     """numpy's float32 product of up to 256 float32 rows (64 on the portable template) and a bfloat16 W
     stored in x out (x @ W): W is read in place on rows_direct_w16, widened as loaded, in groups of four
