@@ -572,6 +572,45 @@ def test_a_float32_kernel_reads_a_bfloat16_w_in_place_on_the_dot_path(isa, dtype
     assert widened >= 20
 
 
+@pytest.mark.parametrize("isa, dtype", [case for case in TEMPLATES if case.values[1] == "bfloat16"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bfloat16_kernel_takes_w_times_a_few_columns_as_c_transposed(isa, dtype, threads, rng):
+    """bfloat16 W @ X for a few columns of X, without a bias, which would pack W: computed as C^T = X^T @
+    W.T on the dot path (X's columns copied into rows), through gemm (alpha and beta over NaN, X and C on
+    several layouts) and through product (matmul's short path); with a bias, as it was."""
+    bf16 = params.numpy_dtype("bfloat16")
+    kernel = api.build(param_grid(isa, dtype)[0])
+    shapes = []
+    entry = kernel._run
+    kernel._run = lambda a, b, *rest: shapes.append(a.shape) or entry(a, b, *rest)
+    turned = 0
+    for m, n, k, layout_x, layout_c in [(300, 2, 200, "C", "C"), (500, 5, 33, "strided", "strided"),
+                                        (400, 8, 1000, "C", "F"), (1000, 4, 500, "strided", "C"), (70, 3, 1, "C", "C")]:
+        w, x = random_matrix(rng, (m, k), bf16), random_matrix(rng, (k, n), bf16, layout_x)
+        c_strides = elements(random_matrix(rng, (m, n), np.float32, layout_c))
+        packed = kernel.path(m, n, k, elements(w), elements(x), c_strides, threads=threads) == "packed"
+        dot = kernel.path(n, m, k, (k, 1), elements(w)[::-1], c_strides[::-1], threads=threads) == "dot"
+        turned += packed and dot
+        for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
+            c = random_matrix(rng, (m, n), np.float32, layout_c)
+            if beta == 0:
+                c[...] = np.nan
+            before = np.array(c, np.float64)
+            shapes.clear()
+            kernel.gemm(w, x, c, alpha=alpha, beta=beta, threads=threads)
+            assert shapes == [(n, k) if packed and dot else (m, k)], (m, n, k)
+            assert error_ratio(c, w, x, before, alpha, beta, "float32") <= 1, (m, n, k, layout_x, layout_c)
+        shapes.clear()
+        got = kernel.product(w, x, threads=threads)
+        assert shapes == [(n, k) if packed and dot else (m, k)]
+        assert error_ratio(got, w, x, dtype="float32") <= 1
+        bias = rng.uniform(-1, 1, n).astype(np.float32)
+        shapes.clear()
+        assert biased_gemm_error(kernel, w, x, np.empty((m, n), np.float32), bias, 0.0, "float32", threads,
+                                 forced=False) <= 1 and shapes == [(m, k)]
+    assert turned >= 2
+
+
 @pytest.mark.parametrize("isa, dtype", [case for case in DIRECT_TEMPLATES if case.values[1] == "float32"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_bfloat16_w_times_a_few_float32_columns_is_read_in_place(isa, dtype, threads, rng):
@@ -586,7 +625,8 @@ def test_a_bfloat16_w_times_a_few_float32_columns_is_read_in_place(isa, dtype, t
     kernel._w16 = lambda *args: calls.append(args[:3]) or entry(*args)
     read = 0
     shapes = [(37, 2, 100), (70, 3, 17), (200, 8, 301), (64, 5, 1), (300, 4, 2 * kernel.params.vw)]
-    for (m, n, k), layout_x, layout_c in zip(shapes, ("C", "T", "strided", "C", "F"), ("C", "strided", "F", "C", "strided")):
+    layouts = zip(("C", "T", "strided", "C", "F"), ("C", "strided", "F", "C", "strided"))
+    for (m, n, k), (layout_x, layout_c) in zip(shapes, layouts):
         w = random_matrix(rng, (m, k), bf16)
         x = random_matrix(rng, (k, n), np.float32, layout_x)
         for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
