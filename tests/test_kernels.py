@@ -486,6 +486,19 @@ def test_the_dot_path_from_memory(isa, dtype, threads, rng):
     assert dotted >= 8 and peeled == 2
 
 
+def alpha_beta_within_bound(kernel, a, b, layout_c, threads, rng, dtype="float32"):
+    """kernel.gemm(a, b) into a C on `layout_c`, alpha 1 and beta 0 over NaN, then alpha -2 and beta 0.5:
+    each within the error bound against float64."""
+    (m, _), n = a.shape, b.shape[1]
+    for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
+        c = random_matrix(rng, (m, n), np.float32, layout_c)
+        if beta == 0:
+            c[...] = np.nan
+        before = np.array(c, np.float64)
+        kernel.gemm(a, b, c, alpha=alpha, beta=beta, threads=threads)
+        assert error_ratio(c, a, b, before, alpha, beta, dtype) <= 1, (kernel.params.name, a.shape, b.shape, layout_c)
+
+
 def path_within_bound(kernel, a, b, threads, dtype, rng):
     """Asserts a @ b + bias by `kernel` (alpha and beta over NaN, C contiguous and strided) within the
     error bound; the path the kernel takes for these operands' strides."""
@@ -591,15 +604,9 @@ def test_a_bfloat16_kernel_takes_w_times_a_few_columns_as_c_transposed(isa, dtyp
         packed = kernel.path(m, n, k, elements(w), elements(x), c_strides, threads=threads) == "packed"
         dot = kernel.path(n, m, k, (k, 1), elements(w)[::-1], c_strides[::-1], threads=threads) == "dot"
         turned += packed and dot
-        for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
-            c = random_matrix(rng, (m, n), np.float32, layout_c)
-            if beta == 0:
-                c[...] = np.nan
-            before = np.array(c, np.float64)
-            shapes.clear()
-            kernel.gemm(w, x, c, alpha=alpha, beta=beta, threads=threads)
-            assert shapes == [(n, k) if packed and dot else (m, k)], (m, n, k)
-            assert error_ratio(c, w, x, before, alpha, beta, "float32") <= 1, (m, n, k, layout_x, layout_c)
+        shapes.clear()
+        alpha_beta_within_bound(kernel, w, x, layout_c, threads, rng)
+        assert shapes == [(n, k) if packed and dot else (m, k)] * 2, (m, n, k)
         shapes.clear()
         got = kernel.product(w, x, threads=threads)
         assert shapes == [(n, k) if packed and dot else (m, k)]
@@ -629,18 +636,13 @@ def test_a_bfloat16_w_times_a_few_float32_columns_is_read_in_place(isa, dtype, t
     for (m, n, k), (layout_x, layout_c) in zip(shapes, layouts):
         w = random_matrix(rng, (m, k), bf16)
         x = random_matrix(rng, (k, n), np.float32, layout_x)
-        for alpha, beta in [(1.0, 0.0), (-2.0, 0.5)]:
-            c = random_matrix(rng, (m, n), np.float32, layout_c)
-            if beta == 0:
-                c[...] = np.nan
-            before = np.array(c, np.float64)
-            calls.clear()
-            kernel.gemm(w, x, c, alpha=alpha, beta=beta, threads=threads)
-            dot = kernel.path(m, n, k, elements(w), elements(x), elements(c), threads=threads) == "dot"
-            assert calls == ([(n, m, k)] if dot else []), (m, n, k)
-            read += dot
-            assert error_ratio(c, w, x, before, alpha, beta, "float32") <= 1, (m, n, k, layout_x, layout_c)
-    assert read >= 4  # two shapes or more
+        c_strides = elements(random_matrix(rng, (m, n), np.float32, layout_c))
+        dot = kernel.path(m, n, k, elements(w), elements(x), c_strides, threads=threads) == "dot"
+        calls.clear()
+        alpha_beta_within_bound(kernel, w, x, layout_c, threads, rng)
+        assert calls == ([(n, m, k)] if dot else []) * 2, (m, n, k)
+        read += dot
+    assert read >= 2  # two shapes or more
     bias = rng.uniform(-1, 1, 3).astype(np.float32)
     w, x = random_matrix(rng, (70, 40), bf16), random_matrix(rng, (40, 3), np.float32)
     calls.clear()
