@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from .machine import X86_ARCHS, Machine
-from .params import (DIRECT_B_ELEMENTS, DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, STREAMING_DTYPES, TILE_ISAS,
+from .params import (DIRECT_B_ELEMENTS, DIRECT_LIMITS, KU_CHOICES, REGISTER_BUDGET, TILE_ISAS,
                      TILE_K, TILE_ROWS, KernelParams, accumulator_dtype, itemsize, k_per_element, packed_itemsize,
                      registers_needed, vector_widths)
 from .workload import Problem
@@ -104,7 +104,7 @@ def default_params(machine: Machine, dtype: str = "float32", isa: str | None = N
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=ku, mc=mc, kc=kc, nc=nc,
                         parallel=parallel_loop(machine), prefetch=a_prefetch_distance(machine),
                         direct_m=direct_m, direct_mflops=direct_mflops, direct_threaded=direct_threaded,
-                        stream_b=streams_shared_b(machine) and dtype in STREAMING_DTYPES)
+                        stream_b=streams_shared_b(machine))
 
 
 #: Cores above which the default splits row blocks and B micro-panels (2d) rather than rows (ic).

@@ -26,9 +26,6 @@ DIRECT_LIMITS = (128, 128)
 #: The most elements of B (k x n) with which the flops limit alone lets a GEMM skip packing: such a B
 #: stays in cache while every row tile reads it.
 DIRECT_B_ELEMENTS = 1 << 20
-#: The dtypes whose kernels may pack a shared B block with non-temporal stores (stream_b): their
-#: packing moves elements whole, where bfloat16's converts them.
-STREAMING_DTYPES = ("float32", "float64")
 #: The limits of kernels recorded before they were parameters (then 512 rows and 400 Mflop in all): a
 #: tuned entry without them keeps the path it was measured on.
 RECORDED_DIRECT_LIMITS = (512, 400)
@@ -122,9 +119,11 @@ class KernelParams:
     prefetch: int = 0
     #: Prefetch every cache line of the C tile as the micro-kernel starts, not only each row's first.
     prefetch_c: bool = False
-    #: Pack a B block that several threads share with non-temporal stores (float32 and float64; not
-    #: jp, whose panels are each thread's own), so that no core writes lines another core holds. Off
-    #: in kernels recorded before it existed; the analytic default turns it on for few cores.
+    #: Pack a B block that several threads share with non-temporal stores (not jp, whose panels are
+    #: each thread's own), so that no core writes lines another core holds. Whole rows of a row-major
+    #: B only; a bfloat16 kernel widening to float32 (no AVX512_BF16) streams bfloat16 B, not float32
+    #: B it rounds. Off in kernels recorded before it existed; the analytic default turns it on for
+    #: few cores.
     stream_b: bool = False
     #: The direct path (no packing) takes GEMMs of at most `direct_m` rows, or of at most
     #: `direct_mflops` million flops per thread with a small B (see the template's AG_DIRECT_*).
@@ -172,8 +171,6 @@ class KernelParams:
         if self.isa in TILE_ISAS and (self.mr % TILE_ROWS or self.kc % TILE_K):
             raise InvalidParams(f"{self.isa} takes tiles of {TILE_ROWS} rows and {TILE_K} values of k: "
                                 f"mr={self.mr} and kc={self.kc} must be multiples of them")
-        if self.stream_b and self.dtype not in STREAMING_DTYPES:
-            raise InvalidParams(f"stream_b applies to {' and '.join(STREAMING_DTYPES)} kernels, not {self.dtype}")
         if self.nc % self.nr:
             raise InvalidParams(f"nc={self.nc} must be a multiple of nr={self.nr}")
         need, have = registers_needed(self.mr, self.nr, self.vw, self.isa), REGISTER_BUDGET[self.isa]

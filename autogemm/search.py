@@ -13,8 +13,8 @@ import platformdirs
 from . import analytic, render
 from .evaluate import OK, Request, Result
 from .machine import Machine
-from .params import (KU_CHOICES, PARALLEL_LOOPS, STREAMING_DTYPES, TILE_ISAS, TILE_ROWS,
-                     InvalidParams, KernelParams, registers_needed, vector_widths)
+from .params import (KU_CHOICES, PARALLEL_LOOPS, TILE_ISAS, TILE_ROWS, InvalidParams, KernelParams, registers_needed,
+                     vector_widths)
 from .workload import Problem
 
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -73,7 +73,7 @@ def params_from_choices(machine: Machine, dtype: str, choices: dict, problem: Pr
     return KernelParams(dtype=dtype, isa=isa, mr=mr, nr=nr, vw=vw, ku=choices["ku"],
                         mc=_round_to(choices["mc"], mr), kc=choices["kc"], nc=_round_to(choices["nc"], nr),
                         parallel=choices["parallel"], prefetch=choices["prefetch"], prefetch_c=choices["prefetch_c"],
-                        stream_b=choices.get("stream_b", False) and dtype in STREAMING_DTYPES,
+                        stream_b=choices.get("stream_b", False),
                         direct_m=direct_m, direct_mflops=direct_mflops, direct_threaded=direct_threaded)
 
 

@@ -77,6 +77,11 @@ def _value(text: str):
         return text
 
 
+def _settings(items: list[str]) -> dict:
+    """NAME=VALUE options as parameters."""
+    return {name: _value(text) for name, text in (item.split("=", 1) for item in items)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", help="a checkout (git worktree) holding the templates to compare against")
@@ -94,10 +99,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a kernel parameter other than the analytic default's, as JSON or a bare word "
                              "(kc=768, prefetch_c=true, parallel=2d; repeatable)")
+    parser.add_argument("--before-set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter of the before build only, as --set: with this checkout as `before`, an "
+                             "A/B of two parameter values (stream_b=false)")
     args = parser.parse_args(argv)
-    params = analytic.default_params(machine.detect(), args.dtype, isa=args.isa)
-    params = params.replace(**{name: _value(text) for name, text in (item.split("=", 1) for item in args.set)})
-    result = alternate(build_from(args.before, params), api.build(params), bench.parse_shape(args.shape),
+    params = analytic.default_params(machine.detect(), args.dtype, isa=args.isa).replace(**_settings(args.set))
+    result = alternate(build_from(args.before, params.replace(**_settings(args.before_set))), api.build(params),
+                       bench.parse_shape(args.shape),
                        args.threads, args.pairs, pause=args.pause * 1e-3, burst=args.burst, layout=args.layout)
     r = result["ratio"]
     pause = (f" bursts of {args.burst}" if args.burst > 1 else "") + (f" {args.pause:g} ms apart" if args.pause else "")

@@ -68,3 +68,15 @@ def test_a_layout_stores_its_transposed_operands_and_says_so(host):
         before, after = _Recording([1.0], p), _Recording([1.0], p)
         ab.alternate(before, after, (7, 3, 5), threads=1, pairs=2, layout=layout)
         assert before.operands == after.operands == operands, layout
+
+
+def test_before_set_changes_only_the_before_build(monkeypatch, host):
+    """--before-set: with this checkout as `before`, an A/B of two parameter values; --set applies to both."""
+    ab = benchmark_script("ab_templates")
+    built = {}
+    monkeypatch.setattr(ab, "build_from", lambda checkout, params: built.setdefault("before", _Recording([1.0], params)))
+    monkeypatch.setattr(ab.api, "build", lambda params: built.setdefault("after", _Recording([1.0], params)))
+    assert ab.main([str(ROOT), "--shape", "16", "--pairs", "1", "--set", "prefetch=8", "--before-set", "kc=64"]) == 0
+    default = analytic.default_params(host, "float32")
+    assert built["before"].params == default.replace(prefetch=8, kc=64)
+    assert built["after"].params == default.replace(prefetch=8)

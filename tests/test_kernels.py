@@ -4,6 +4,7 @@ import itertools
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,11 +58,10 @@ def param_grid(isa, dtype):
     else:
         tiny = dict(mr=3, nr=2 * vw, mc=6, kc=10, nc=4 * vw)
         short_kc = 8 if isa in params.PAIRED_ISAS else 7
-    streams = dtype in params.STREAMING_DTYPES
     return [
         base,
-        base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True, stream_b=streams),
-        base.replace(**tiny, ku=8, parallel="jr", stream_b=streams),
+        base.replace(**tiny, ku=4, parallel="ic", prefetch=2, prefetch_c=True, stream_b=True),
+        base.replace(**tiny, ku=8, parallel="jr", stream_b=True),
         base.replace(ku=1, mc=2 * base.mr, kc=short_kc,
                      nc=2 * base.nr, parallel="jr", prefetch=1, stream_b=False),
         base.replace(**tiny, ku=2, parallel="2d", prefetch_c=True, stream_b=False),
@@ -925,25 +925,34 @@ def test_prefetch_c_covers_every_line_of_the_c_tile_rows(dtype, vw, lines):
         assert ("__builtin_prefetch(c + " if prefetch_c else "(const char *)(c + ") not in start
 
 
-@pytest.mark.parametrize("isa, parallel", [(None, "ic"), (None, "2d"), (None, "jp"), ("avx2", "ic")])
-def test_only_a_b_block_that_threads_share_is_packed_with_non_temporal_stores(isa, parallel, rng):
-    """stream_b: the compiled float32 kernel holds non-temporal stores exactly when it packs a shared B
-    block with them (not jp, whose panels are each thread's own), and gives the same results on
-    one and two threads, with and without them. Every loop on the best ISA (None); AVX2's stores on ic."""
-    isa = isa or HOST.best_isa_for("float32")
-    if isa not in ("avx512", "avx2") or not HOST.supports(isa):
+#: The non-temporal store each ISA's packing of B streams with: float32 lanes, or bfloat16 pairs as
+#: 32-bit integers.
+NON_TEMPORAL_STORE = {"avx512": "vmovntps", "avx2": "vmovntps", "avx512bf16": "vmovntdq"}
+
+
+@pytest.mark.parametrize("dtype, isa, parallel", [
+    ("float32", None, "ic"), ("float32", None, "2d"), ("float32", None, "jp"), ("float32", "avx2", "ic"),
+    ("bfloat16", None, "ic"), ("bfloat16", None, "jp"), ("bfloat16", "avx512", "ic"),
+])
+def test_only_a_b_block_that_threads_share_is_packed_with_non_temporal_stores(dtype, isa, parallel, rng):
+    """stream_b: the compiled kernel holds non-temporal stores exactly when it packs a shared B block
+    with them (not jp, whose panels are each thread's own), and gives the same results on one and two
+    threads, with and without them. Every loop on the best ISA (None); AVX2's stores on ic; bfloat16
+    paired for vdpbf16ps (best) and widened to float32 (avx512)."""
+    isa = isa or HOST.best_isa_for(dtype)
+    if isa not in NON_TEMPORAL_STORE or not HOST.supports(isa):
         pytest.skip(f"no x86 non-temporal stores to test: {isa} on this CPU")
-    a, b = random_matrix(rng, (150, 300), "float32"), random_matrix(rng, (300, 200), "float32")
+    a, b = random_matrix(rng, (150, 300), dtype), random_matrix(rng, (300, 200), dtype)
     for stream_b in (True, False):
-        p = analytic.default_params(HOST, "float32", isa).replace(parallel=parallel, kc=64, mc=24, stream_b=stream_b)
+        p = analytic.default_params(HOST, dtype, isa).replace(parallel=parallel, kc=64, mc=24, stream_b=stream_b)
         kernel = api.build(p)
         code = subprocess.run(["objdump", "-d", str(kernel.library)], capture_output=True, text=True,
                               check=True).stdout
-        assert ("vmovntps" in code) == (stream_b and parallel != "jp"), p.name
+        assert (NON_TEMPORAL_STORE[isa] in code) == (stream_b and parallel != "jp"), p.name
         for threads in (1, 2):
-            c = np.full((150, 200), np.nan, "float32")
+            c = np.full((150, 200), np.nan, acc(dtype))
             kernel.gemm(a, b, c, threads=threads, force_threads=True)
-            assert error_ratio(c, a, b, dtype="float32") <= 1, (p.name, threads)
+            assert error_ratio(c, a, b, dtype=dtype) <= 1, (p.name, threads)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
@@ -1050,6 +1059,50 @@ def _transparent_huge_pages() -> str:
     return text[text.index("[") + 1:text.index("]")]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_block_of_rows_packs_b_panel_by_panel_on_two_threads(dtype):
+    """An ic kernel given at most MC rows takes the jp loops: each thread packs a B micro-panel into its
+    own buffer and multiplies it at once, so no packed B block is shared between cores, or kept at all.
+    Its workspace stays a few panels (the caller's resident memory grows by under 1 MiB), where one row
+    more packs all of B (4 MiB as float32, 2 MiB as bfloat16 pairs). Each in a fresh interpreter, in a thread of its own, whose workspace is new."""
+    code = textwrap.dedent("""
+        import sys, threading, numpy as np
+        from autogemm import analytic, api, machine
+        from autogemm.check import error_ratio
+        sys.path.insert(0, "tests")
+        from conftest import random_matrix
+        def resident_kib():
+            for line in open("/proc/self/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        dtype = sys.argv[1]
+        p = analytic.default_params(machine.detect(), dtype)
+        assert p.parallel == "ic"
+        k, n = 512, 2048
+        kernel, rng, grew = api.build(p), np.random.default_rng(0), {}
+        b = random_matrix(rng, (k, n), dtype)
+        for m in (p.mc, p.mc + 1):
+            a = random_matrix(rng, (m, k), dtype)
+            c = np.full((m, n), np.nan, np.float64 if dtype == "float64" else np.float32)
+            def work():
+                before = resident_kib()
+                kernel.gemm(a, b, c, threads=2, force_threads=True)
+                grew[m] = resident_kib() - before
+            t = threading.Thread(target=work)
+            t.start()
+            t.join()
+            assert error_ratio(c, a, b, dtype=dtype) <= 1
+        print(grew[p.mc], grew[p.mc + 1])
+    """)
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc/self/status to read resident memory from")
+    proc = subprocess.run([sys.executable, "-c", code, dtype], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    one_block, two_blocks = map(int, proc.stdout.split())
+    assert one_block < 1024 and two_blocks >= 2048, (one_block, two_blocks)
+
+
 @pytest.mark.skipif(_transparent_huge_pages() not in ("always", "madvise"),
                     reason="no transparent huge pages on this system")
 def test_a_large_packing_workspace_asks_for_huge_pages():
@@ -1064,9 +1117,10 @@ def test_a_large_packing_workspace_asks_for_huge_pages():
                 if line.startswith("AnonHugePages:"):
                     return int(line.split()[1])
         p = analytic.default_params(machine.detect(), "float32")
-        k, n = p.kc, 3 * 1024 * 1024 // (4 * p.kc)  # packed B: 3 MiB; B itself 3 MiB, A 48 KiB
+        k, n = p.kc, 3 * 1024 * 1024 // (4 * p.kc)  # packed B: 3 MiB; B itself 3 MiB
+        m = p.mc + 1  # more than one block of rows: a packed B block (one block takes the jp loops)
         rng = np.random.default_rng(0)
-        a, b = rng.uniform(-1, 1, (32, k)).astype(np.float32), rng.uniform(-1, 1, (k, n)).astype(np.float32)
+        a, b = rng.uniform(-1, 1, (m, k)).astype(np.float32), rng.uniform(-1, 1, (k, n)).astype(np.float32)
         kernel = api.build(p)
         result = {}
         def work():

@@ -47,7 +47,6 @@ def test_valid_params_have_a_descriptive_name():
     (dict(prefetch_c="yes"), "prefetch_c"),
     (dict(stream_b=1), "stream_b"),
     (dict(stream_b="no"), "stream_b"),
-    (dict(dtype="bfloat16", vw=8, stream_b=True), "stream_b"),
     (dict(direct_m=-1), "direct_m"),
     (dict(direct_mflops=1.5), "int"),
     (dict(direct_mflops=1 << 21), "direct_mflops"),
