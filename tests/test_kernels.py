@@ -936,23 +936,29 @@ NON_TEMPORAL_STORE = {"avx512": "vmovntps", "avx2": "vmovntps", "avx512bf16": "v
 ])
 def test_only_a_b_block_that_threads_share_is_packed_with_non_temporal_stores(dtype, isa, parallel, rng):
     """stream_b: the compiled kernel holds non-temporal stores exactly when it packs a shared B block
-    with them (not jp, whose panels are each thread's own), and gives the same results on one and two
-    threads, with and without them. Every loop on the best ISA (None); AVX2's stores on ic; bfloat16
-    paired for vdpbf16ps (best) and widened to float32 (avx512)."""
+    with them (not jp, whose panels are each thread's own), a row-major B's rows and, on AVX-512, the
+    rows a transposed B's blocks become where they are transposed in registers (as integers), and gives
+    the same results on one and two threads, with and without them, for B stored either way. Every
+    loop on the best ISA (None); AVX2's stores on ic; bfloat16 paired for vdpbf16ps (best) and widened
+    to float32 (avx512)."""
     isa = isa or HOST.best_isa_for(dtype)
     if isa not in NON_TEMPORAL_STORE or not HOST.supports(isa):
         pytest.skip(f"no x86 non-temporal stores to test: {isa} on this CPU")
     a, b = random_matrix(rng, (150, 300), dtype), random_matrix(rng, (300, 200), dtype)
+    b_transposed = np.ascontiguousarray(b.T).T
     for stream_b in (True, False):
         p = analytic.default_params(HOST, dtype, isa).replace(parallel=parallel, kc=64, mc=24, stream_b=stream_b)
         kernel = api.build(p)
         code = subprocess.run(["objdump", "-d", str(kernel.library)], capture_output=True, text=True,
                               check=True).stdout
-        assert (NON_TEMPORAL_STORE[isa] in code) == (stream_b and parallel != "jp"), p.name
-        for threads in (1, 2):
+        streams = stream_b and parallel != "jp"
+        assert (NON_TEMPORAL_STORE[isa] in code) == streams, p.name
+        transposes_b = isa != "avx2" and (dtype != "bfloat16" or isa in params.PAIRED_ISAS)  # widened: value by value
+        assert ("vmovntdq" in code) == (streams and transposes_b), p.name
+        for threads, operand in itertools.product((1, 2), (b, b_transposed)):
             c = np.full((150, 200), np.nan, acc(dtype))
-            kernel.gemm(a, b, c, threads=threads, force_threads=True)
-            assert error_ratio(c, a, b, dtype=dtype) <= 1, (p.name, threads)
+            kernel.gemm(a, operand, c, threads=threads, force_threads=True)
+            assert error_ratio(c, a, b, dtype=dtype) <= 1, (p.name, threads, operand.strides)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "avx2"])
