@@ -1,6 +1,6 @@
 """autogemm.matmul's and autogemm.gemm's common calls in C: a CPython extension that hands 2-D
-float32 or float64 arrays straight to the kernel chosen for their shape, so a small product costs
-about what numpy's does. Every other call goes to the Python `api.matmul` or `api.gemm`, as does
+float32 or float64 arrays (and to matmul, bfloat16 ones) straight to the kernel chosen for their shape,
+so a small product costs about what numpy's does. Every other call goes to the Python `api.matmul` or `api.gemm`, as does
 everything where the extension cannot be built (no compiler or no Python headers): `status()` says
 which."""
 
@@ -14,22 +14,27 @@ import sys
 import sysconfig
 from typing import Callable
 
+import ml_dtypes
 import numpy as np
 
 from . import render, toolchain
 
 MODULE = "autogemm_entry"
-_DTYPES = {"f": "float32", "d": "float64"}
+_DTYPES = {"f": "float32", "d": "float64", "b": "bfloat16"}
 _unavailable: list[str] = []  # why the Python matmul is used, once wrap() has been called
 
 
 def choose(letter: str, m: int, n: int, k: int, threads: int, layout: str | None = None,
            beta: float | None = None) -> tuple[int, int]:
     """The kernel `api.matmul` (or with `layout` and `beta`, `api.gemm`) uses for an m x n x k product
-    (threads 0: not given), as the address of its strided entry point and the thread count to call it with."""
+    (threads 0: not given), as the address of its strided entry point and the thread count to call it with;
+    (0, 0) to leave the call to Python: bfloat16 with fewer columns than rows, which the bfloat16 kernel
+    may compute as C^T in Python (`Kernel._columns_as_rows`)."""
     from . import api
     from .kernel import resolve_threads
 
+    if letter == "b" and n < m:
+        return 0, 0
     wanted = threads or None
     kernel = api.load(_DTYPES[letter], shape=(m, n, k), threads=wanted, layout=layout, beta=beta)
     return kernel.entry_address, resolve_threads(wanted, kernel.default_threads)
@@ -60,7 +65,7 @@ def wrap(python_matmul: Callable, python_gemm: Callable) -> tuple[Callable, Call
     except (toolchain.CompilerNotFound, toolchain.CompileError, OSError, ImportError) as error:
         _unavailable.append(str(error).splitlines()[0])
         return python_matmul, python_gemm
-    matmul = module.configure(python_matmul, choose, python_matmul.__doc__ or "")
+    matmul = module.configure(python_matmul, choose, python_matmul.__doc__ or "", np.dtype(ml_dtypes.bfloat16).num)
     return matmul, module.configure_gemm(python_gemm, python_gemm.__doc__ or "")
 
 
@@ -68,5 +73,5 @@ def status() -> str:
     """Which matmul serves the common call, for `autogemm info`."""
     if _unavailable:
         return f"Python (the C entry point could not be built: {_unavailable[0]})"
-    return ("C entry point (2-D float32/float64 operands, and a stack of them times one matrix; matmul and gemm), "
-            "Python for the rest")
+    return ("C entry point (2-D float32/float64 operands, and a stack of them times one matrix, for matmul and gemm; "
+            "bfloat16 ones for matmul), Python for the rest")
