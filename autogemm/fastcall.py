@@ -1,8 +1,8 @@
 """autogemm.matmul's and autogemm.gemm's common calls in C: a CPython extension that hands 2-D
-float32 or float64 arrays (and to matmul, bfloat16 ones) straight to the kernel chosen for their shape,
-so a small product costs about what numpy's does. Every other call goes to the Python `api.matmul` or `api.gemm`, as does
-everything where the extension cannot be built (no compiler or no Python headers): `status()` says
-which."""
+float32 or float64 arrays (and to matmul, bfloat16 ones) straight to the kernel chosen for their
+shape, so a small product costs about what numpy's does. Every other call goes to the Python
+`api.matmul` or `api.gemm`, as does everything where the extension cannot be built (no compiler or no
+Python headers): `status()` says which."""
 
 from __future__ import annotations
 
