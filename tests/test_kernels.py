@@ -1070,7 +1070,8 @@ def test_one_block_of_rows_packs_b_panel_by_panel_on_two_threads(dtype):
     """An ic kernel given at most MC rows takes the jp loops: each thread packs a B micro-panel into its
     own buffer and multiplies it at once, so no packed B block is shared between cores, or kept at all.
     Its workspace stays a few panels (the caller's resident memory grows by under 1 MiB), where one row
-    more packs all of B (4 MiB as float32, 2 MiB as bfloat16 pairs). Each in a fresh interpreter, in a thread of its own, whose workspace is new."""
+    more packs all of B (4 MiB as float32, 2 MiB as bfloat16 pairs). Each in a fresh interpreter, in a
+    thread of its own, whose workspace is new."""
     code = textwrap.dedent("""
         import sys, threading, numpy as np
         from autogemm import analytic, api, machine
@@ -1089,7 +1090,7 @@ def test_one_block_of_rows_packs_b_panel_by_panel_on_two_threads(dtype):
         b = random_matrix(rng, (k, n), dtype)
         for m in (p.mc, p.mc + 1):
             a = random_matrix(rng, (m, k), dtype)
-            c = np.full((m, n), np.nan, np.float64 if dtype == "float64" else np.float32)
+            c = np.full((m, n), np.nan, np.float32)  # float32 results, bfloat16 operands too
             def work():
                 before = resident_kib()
                 kernel.gemm(a, b, c, threads=2, force_threads=True)
