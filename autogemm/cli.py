@@ -40,9 +40,12 @@ def cmd_info(args) -> int:
 
 
 def _entry_line(entry) -> str:
+    """One tuned entry, named by everything its key holds (a layout, beta = 1 or a bias when not plain)."""
     r = entry.record
     gflops = r.get("gflops", {}).get("median", 0.0)
-    return (f"{entry.dtype} {'x'.join(map(str, entry.shape))} t{entry.threads}: {entry.params.name} "
+    variant = "".join([f" {entry.layout}" if entry.layout != "nn" else "",
+                       " beta=1" if entry.beta else "", " +bias" if r.get("bias") else ""])
+    return (f"{entry.dtype} {'x'.join(map(str, entry.shape))} t{entry.threads}{variant}: {entry.params.name} "
             f"{gflops:.1f} GFLOP/s, {r.get('vs_numpy', 0):.2f}x numpy, {r.get('pct_peak', 0):.0f}% of peak")
 
 

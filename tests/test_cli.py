@@ -260,3 +260,19 @@ def test_bench_times_a_tuned_entry_once_when_it_is_the_default_kernel(tmp_path):
     assert impls == {(96, 64, 80): ["default", "numpy"], (64, 96, 80): ["tuned", "default", "numpy"]}
     assert report["kernels"]["tuned 96x64x80 t1"] == f"{default.name} (the default: its row)"
     assert report["kernels"]["tuned 64x96x80 t1"] == other.name
+
+
+def test_entry_lines_tell_apart_entries_of_one_shape():
+    """Entries for one shape and thread count that differ in layout, beta or bias each name theirs,
+    so `autogemm info` and `autogemm list` do not show what look like duplicates."""
+    from autogemm import analytic, cli, store
+
+    params = analytic.default_params(machine.detect(), "float32")
+    record = {"gflops": {"median": 100.0}, "vs_numpy": 1.1, "pct_peak": 90.0}
+    variants = [("nn", 0.0, False), ("nn", 1.0, False), ("nt", 0.0, True), ("tn", 0.0, False)]
+    lines = [cli._entry_line(store.Entry("float32", (64, 48, 32), 2, params, dict(record, bias=bias), layout, beta))
+             for layout, beta, bias in variants]
+    heads = [line.split(":")[0] for line in lines]
+    assert heads == ["float32 64x48x32 t2", "float32 64x48x32 t2 beta=1", "float32 64x48x32 t2 nt +bias",
+                     "float32 64x48x32 t2 tn"]
+    assert all(params.name in line and "100.0 GFLOP/s" in line for line in lines)
