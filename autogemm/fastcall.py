@@ -1,8 +1,8 @@
 """autogemm.matmul's and autogemm.gemm's common calls in C: a CPython extension that hands 2-D
-float32 or float64 arrays (and to matmul, bfloat16 ones) straight to the kernel chosen for their
-shape, so a small product costs about what numpy's does. Every other call goes to the Python
-`api.matmul` or `api.gemm`, as does everything where the extension cannot be built (no compiler or no
-Python headers): `status()` says which."""
+float32, float64 or bfloat16 arrays straight to the kernel chosen for their shape, so a small product
+costs about what numpy's does. Every other call goes to the Python `api.matmul` or `api.gemm`, as does
+everything where the extension cannot be built (no compiler or no Python headers): `status()` says
+which."""
 
 from __future__ import annotations
 
@@ -27,14 +27,10 @@ _unavailable: list[str] = []  # why the Python matmul is used, once wrap() has b
 def choose(letter: str, m: int, n: int, k: int, threads: int, layout: str | None = None,
            beta: float | None = None) -> tuple[int, int]:
     """The kernel `api.matmul` (or with `layout` and `beta`, `api.gemm`) uses for an m x n x k product
-    (threads 0: not given), as the address of its strided entry point and the thread count to call it with;
-    (0, 0) to leave the call to Python: bfloat16 with fewer columns than rows, which the bfloat16 kernel
-    may compute as C^T in Python (`Kernel._columns_as_rows`)."""
+    (threads 0: not given), as the address of its strided entry point and the thread count to call it with."""
     from . import api
     from .kernel import resolve_threads
 
-    if letter == "b" and n < m:
-        return 0, 0
     wanted = threads or None
     kernel = api.load(_DTYPES[letter], shape=(m, n, k), threads=wanted, layout=layout, beta=beta)
     return kernel.entry_address, resolve_threads(wanted, kernel.default_threads)
@@ -73,5 +69,5 @@ def status() -> str:
     """Which matmul serves the common call, for `autogemm info`."""
     if _unavailable:
         return f"Python (the C entry point could not be built: {_unavailable[0]})"
-    return ("C entry point (2-D float32/float64 operands, and a stack of them times one matrix, for matmul and gemm; "
-            "bfloat16 ones for matmul), Python for the rest")
+    return ("C entry point (2-D float32/float64/bfloat16 operands, one dtype, for matmul and gemm, and a stack of "
+            "them times one matrix for matmul), Python for the rest")

@@ -217,12 +217,9 @@ class Kernel:
             target = np.array(c, dtype=self.dtype.newbyteorder("="), order="C") if beta else np.empty((m, n), self.dtype)
         if force_threads or not self._widened(a, b, target, alpha, beta, bias, nthreads):
             a, b = self._usable(a), self._usable(b)
-            out = target
             if self.paired and not force_threads:
                 a, b = self._rounded_ahead(a, b, nthreads, bias is not None)
-                if bias is None:
-                    a, b, out = self._columns_as_rows(a, b, out, nthreads)
-            self._run(a, b, out, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
+            self._run(a, b, target, alpha, beta, bias_pointer, -nthreads if force_threads else nthreads)
         if target is not c:
             c[...] = target
         return c
@@ -283,22 +280,6 @@ class Kernel:
         np.copyto(rounded, small, casting="unsafe")
         return ra, rb
 
-    def _columns_as_rows(self, a, b, c, nthreads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For a bfloat16 kernel, bfloat16 W @ X for a few columns of X as C^T = X^T @ W.T, X's columns
-        copied into rows along k, where that takes the dot path (W read in place) and W @ X would pack W;
-        else a, b and c as they are. (float32 and float64 kernels do this in C.)"""
-        (m, k), n = a.shape, b.shape[1]
-        if a.dtype != _BFLOAT16 or b.dtype != _BFLOAT16 or n >= m or not n or not k:
-            return a, b, c
-        a_strides, c_strides = _element_strides(a), _element_strides(c)
-        if a_strides[1] != 1:
-            return a, b, c
-        if self.path(m, n, k, a_strides, _element_strides(b), c_strides, threads=nthreads) != "packed":
-            return a, b, c
-        if self.path(n, m, k, (k, 1), a_strides[::-1], c_strides[::-1], threads=nthreads) != "dot":
-            return a, b, c
-        return np.ascontiguousarray(b.T), a.T, c.T
-
     def _run(self, a, b, c, alpha, beta, bias_pointer, nthreads: int) -> None:
         """The C call on checked arrays: a and b readable in place (whole-element strides), c writable
         and apart from both."""
@@ -318,9 +299,7 @@ class Kernel:
         `input_dtypes`): the short path that `autogemm.matmul` takes for plain 2-D operands."""
         a, b = self._usable(a), self._usable(b)
         c = np.empty((a.shape[0], b.shape[1]), self.dtype)
-        nthreads = resolve_threads(threads, self.default_threads)
-        a, b, out = self._columns_as_rows(a, b, c, nthreads) if self.paired else (a, b, c)
-        self._run(a, b, out, 1.0, 0.0, self._ffi.NULL, nthreads)
+        self._run(a, b, c, 1.0, 0.0, self._ffi.NULL, resolve_threads(threads, self.default_threads))
         return c
 
     def __call__(self, a, b, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:

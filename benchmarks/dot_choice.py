@@ -22,10 +22,12 @@ from autogemm.kernel import Kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_templates import alternate  # noqa: E402  (a script beside this one)
 
-#: The comparisons in path() that choose the dot path for a transposed B (3) and a row-major one (4).
+#: The comparisons in path() that choose the dot path for a transposed B (3) and a row-major one (4):
+#: float32 and float64 kernels', then bfloat16 kernels' (their work in steps of k, against packing's).
 _CHOICES = (r"(\w+)work\(3, m, n, k\) < \1work\(copied, m, n, k\)",
             r"(\w+)work\(4, m, n, k\) \+ copies \* \1copy_work\(n, k\)\s*"
             r"< \1peeled_work\(direct, m, n, k, rsa, csa, rsb, csb, 0, nthreads\)")
+_BF16_CHOICES = tuple(rf"(\w+)work\({path}, m, n, steps\) < [\d.]+ \* \1work\(0, m, n, steps\)" for path in (3, 4))
 
 
 def rebuilt(kernel: Kernel, rules: list[tuple[str, str]], suffix: str) -> Kernel:
@@ -41,13 +43,15 @@ def rebuilt(kernel: Kernel, rules: list[tuple[str, str]], suffix: str) -> Kernel
 
 def variant(kernel: Kernel, dot: bool) -> Kernel:
     """`kernel` rebuilt with the dot path taken wherever it is possible (dot) or nowhere."""
-    return rebuilt(kernel, [(choice, "1" if dot else "0") for choice in _CHOICES], "_dot" if dot else "_nodot")
+    choices = _BF16_CHOICES if kernel.params.dtype == "bfloat16" else _CHOICES
+    return rebuilt(kernel, [(choice, "1" if dot else "0") for choice in choices], "_dot" if dot else "_nodot")
 
 
-def choice_parser(description: str, count: int, counted: str) -> argparse.ArgumentParser:
+def choice_parser(description: str, count: int, counted: str,
+                  dtypes: tuple[str, ...] = ("float32", "float64")) -> argparse.ArgumentParser:
     """The arguments of a script that times a kernel's choice on random shapes."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--dtype", default="float32", choices=dtypes)
     parser.add_argument("--isa", help="the analytic default on this ISA (avx2, portable) rather than the best")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--count", type=int, default=count, help=f"random shapes drawn ({counted} are timed)")
@@ -57,7 +61,9 @@ def choice_parser(description: str, count: int, counted: str) -> argparse.Argume
 
 
 def main(argv=None) -> int:
-    parser = choice_parser(__doc__.splitlines()[0], 400, "those the dot path can take")
+    parser = choice_parser(__doc__.splitlines()[0], 400, "those the dot path can take", ("float32", "float64", "bfloat16"))
+    parser.add_argument("--layout", choices=("both", "nn", "nt"), default="both",
+                        help="B row-major (nn), transposed (nt), or each in turn")
     args = parser.parse_args(argv)
     kernel = api.build(analytic.default_params(machine.detect(), args.dtype, isa=args.isa))
     kernels = {"dot": variant(kernel, True), "other": variant(kernel, False)}
@@ -65,7 +71,7 @@ def main(argv=None) -> int:
     lost = []
     for i in range(args.count):
         m, n, k = (int(round(math.exp(rng.uniform(0, math.log(hi))))) for hi in (600, 768, 4096))
-        transposed = i % 2 == 0
+        transposed = i % 2 == 0 if args.layout == "both" else args.layout == "nt"
         strides = (1, k) if transposed else (n, 1)
         if not kernels["dot"].path(m, n, k, b_strides=strides, threads=args.threads).startswith("dot"):
             continue

@@ -22,3 +22,23 @@ def test_the_dot_path_is_forced_in_one_build_and_barred_in_the_other(host, rng):
             c = np.full((m, n), np.nan, np.float32)
             build.gemm(a, b, c)
             assert error_ratio(c, a, b, dtype="float32") <= 1
+
+
+def test_the_dot_path_is_forced_and_barred_in_a_bfloat16_kernel_too(host, rng):
+    """--dtype bfloat16: both of the bfloat16 kernel's dot rules (a transposed B, a row-major one's
+    columns copied) are edited, and both builds compute the same products within the bound."""
+    import ml_dtypes
+
+    tool = benchmark_script("dot_choice")
+    kernel = api.build(analytic.default_params(host, "bfloat16"))
+    dot, other = tool.variant(kernel, True), tool.variant(kernel, False)
+    for (m, n, k), transposed in (((9, 300, 40), True), ((300, 5, 2), False)):
+        strides = (1, k) if transposed else (n, 1)
+        assert dot.path(m, n, k, b_strides=strides) == "dot" and other.path(m, n, k, b_strides=strides) == "packed"
+        a = rng.uniform(-1, 1, (m, k)).astype(ml_dtypes.bfloat16)
+        b = rng.uniform(-1, 1, (n, k) if transposed else (k, n)).astype(ml_dtypes.bfloat16)
+        b = b.T if transposed else b
+        for build in (dot, other):
+            c = np.full((m, n), np.nan, np.float32)
+            build.gemm(a, b, c)
+            assert error_ratio(c, a, b, dtype="bfloat16") <= 1

@@ -143,18 +143,20 @@ def test_a_stack_times_one_matrix_is_one_gemm_served_in_c(dtype, rng):
 @pytest.mark.parametrize("layout_a", LAYOUTS)
 @pytest.mark.parametrize("layout_b", ["C", "T", "negative"])
 def test_bfloat16_products_are_served_in_c_with_the_bits_of_the_python_path(layout_a, layout_b, rng):
-    """2-D bfloat16 operands with at least as many columns as rows, a stack of them times one matrix,
-    and a float32 out=, go to the bfloat16 kernel in C: a float32 result, the Python path's bits, within
-    the error bound. Fewer columns than rows (which the Python path may compute as C^T), a bfloat16 out
-    and gemm are left to Python, with its results."""
+    """2-D bfloat16 operands (more columns than rows or fewer, which the kernel may take on the dot path
+    with B's columns copied), a stack of them times one matrix, a float32 out= and gemm (alpha, beta over
+    c, trans flags, a float32 bias) go to the bfloat16 kernel in C: a float32 result, the Python path's
+    bits, within the error bound. A bfloat16 out is left to Python, with its results."""
     bf16 = ml_dtypes.bfloat16
     with _spied() as (matmul, gemm, asked):
-        for m, n, k in [(1, 1, 1), (1, 67, 31), (5, 7, 3), (6, 64, 4), (3, 4, 0), (17, 96, 33), (40, 40, 9)]:
+        for m, n, k in [(1, 1, 1), (1, 67, 31), (5, 7, 3), (6, 64, 4), (3, 4, 0), (17, 96, 33), (40, 40, 9),
+                        (50, 3, 9), (300, 2, 200), (97, 13, 64)]:
             a, b = random_matrix(rng, (m, k), bf16, layout_a), random_matrix(rng, (k, n), bf16, layout_b)
             expected = api.matmul(a, b)
             asked.clear()
             fast = matmul(a, b)
-            assert [ask[:4] for ask in asked] == [("b", m, n, k)], "declined to the Python path"
+            assert [ask[:4] for ask in asked] == [("b", m, n, k)] and fastcall.choose(*asked[0])[0], \
+                "declined to the Python path"
             assert fast.dtype == np.float32 and fast.shape == (m, n) and fast.flags.c_contiguous
             np.testing.assert_array_equal(fast, expected)
             if k:
@@ -163,20 +165,24 @@ def test_bfloat16_products_are_served_in_c_with_the_bits_of_the_python_path(layo
             assert matmul(a, b, out=out, threads=1) is out
             np.testing.assert_array_equal(out, api.matmul(a, b, threads=1))
             assert len(asked) == 2
+            bias = rng.uniform(-1, 1, n).astype(np.float32)
+            c = rng.uniform(-1, 1, (m, n)).astype(np.float32)
+            kwargs = dict(trans_a=True, trans_b=True, alpha=0.5, beta=2.0, bias=bias)
+            asked.clear()
+            fast_c = c.copy()
+            assert gemm(a.T, b.T, fast_c, **kwargs) is fast_c
+            assert asked == [("b", m, n, k, 0, "tt", 1.0)], "declined to the Python path"
+            np.testing.assert_array_equal(fast_c, api.gemm(a.T, b.T, c.copy(), **kwargs))
         stack = random_matrix(rng, (12, 7), bf16).reshape(3, 4, 7)
         b = random_matrix(rng, (7, 11), bf16, layout_b)
         asked.clear()
         np.testing.assert_array_equal(matmul(stack, b), api.matmul(stack, b))
         assert [ask[:4] for ask in asked] == [("b", 12, 11, 7)]
-        tall, narrow = random_matrix(rng, (50, 9), bf16, layout_a), random_matrix(rng, (9, 3), bf16, layout_b)
-        for call, python in [(lambda: matmul(tall, narrow), lambda: api.matmul(tall, narrow)),
-                             (lambda: matmul(narrow.T, tall.T, out=np.empty((3, 50), bf16)),
-                              lambda: api.matmul(narrow.T, tall.T, out=np.empty((3, 50), bf16))),
-                             (lambda: gemm(narrow.T, tall.T), lambda: api.gemm(narrow.T, tall.T))]:
-            asked.clear()
-            fast, slow = call(), python()
-            assert fast.dtype == slow.dtype and all(fastcall.choose(*ask) == (0, 0) for ask in asked)
-            np.testing.assert_array_equal(fast, slow)
+        a, b = random_matrix(rng, (3, 9), bf16, layout_a), random_matrix(rng, (9, 50), bf16, layout_b)
+        asked.clear()
+        fast, slow = matmul(a, b, out=np.empty((3, 50), bf16)), api.matmul(a, b, out=np.empty((3, 50), bf16))
+        assert asked == [] and fast.dtype == slow.dtype == bf16
+        np.testing.assert_array_equal(fast, slow)
 
 
 def test_empty_shapes_and_zero_k():
