@@ -94,7 +94,7 @@ def program(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
-@pytest.mark.parametrize("m, n, k, alpha, beta", [(37, 45, 29, 1.0, 0.0), (1, 200, 3, -2.0, 0.5),
+@pytest.mark.parametrize("m, n, k, alpha, beta", [(37, 45, 29, 1.0, 0.0), (1, 200, 3, -2.0, 0.5), (300, 3, 200, 1.0, 0.0),
                                                  (130, 1, 257, 0.5, 1.0), (5, 7, 0, 1.0, 0.0)])
 def test_exported_c_matches_numpy(program, trans_a, trans_b, m, n, k, alpha, beta):
     dtype, directory, runner = program
